@@ -1,0 +1,228 @@
+"""The ``cowrie-stats`` command: serve, migrate, ingest, healthcheck, hash-key, sample."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cowrie_stats import SERVICE_NAME, __version__
+from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_settings, redact_url
+
+log = logging.getLogger("cowrie_stats")
+
+
+def _settings() -> Settings:
+    env = dict(os.environ)
+    env_file = Path(env.get("COWRIE_STATS_ENV_FILE", ".env"))
+    if env_file.is_file():
+        load_env_file(env_file, env)
+    return load_settings(env)
+
+
+def _configure_logging(settings: Settings) -> None:
+    from cowrie_stats.logs import configure
+
+    configure(settings.log_format, settings.log_level)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from cowrie_stats.server import serve
+
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+    return serve(settings)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.schema import current_revision, upgrade
+
+    engine = create_db_engine(settings.database_url, settings)
+    try:
+        upgrade(engine)
+        log.info(
+            "database migrated",
+            extra={
+                "database": redact_url(settings.database_url),
+                "revision": current_revision(engine),
+            },
+        )
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _progress_printer() -> object:
+    def show(summary: object) -> None:
+        from cowrie_stats.ingest.reader import IngestSummary
+
+        assert isinstance(summary, IngestSummary)
+        rate = summary.events_stored / summary.seconds if summary.seconds else 0.0
+        sys.stderr.write(
+            f"\r{summary.bytes_read / 1e6:8.1f} MB  {summary.lines_read:>10} lines  "
+            f"{summary.events_stored:>10} new  {summary.duplicates_skipped:>8} dup  "
+            f"{summary.dead_lettered:>6} dead  {rate:9.0f} ev/s"
+        )
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.schema import check_schema
+    from cowrie_stats.ingest.reader import Ingester
+
+    engine = create_db_engine(settings.database_url, settings)
+    tty = sys.stderr.isatty() and not args.json
+    stop = {"now": False}
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        check_schema(engine)
+        while True:
+            ingester = Ingester(
+                engine,
+                default_sensor=args.sensor,
+                batch_lines=args.batch_lines,
+                progress=_progress_printer() if tty else None,  # type: ignore[arg-type]
+            )
+            summary = ingester.ingest(args.paths)
+            if tty:
+                sys.stderr.write("\n")
+            print(summary.to_json(), flush=True)
+            if not args.watch or stop["now"]:
+                return 0
+            deadline = time.monotonic() + args.watch
+            while time.monotonic() < deadline and not stop["now"]:
+                time.sleep(0.2)
+            if stop["now"]:
+                return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address or f"localhost:{settings.grpc_port}"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            print(f"NOT_SERVING ({error.code().name})")
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(name)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_hash_key(args: argparse.Namespace, settings: Settings) -> int:
+    key = sys.stdin.readline().strip()
+    if len(key) < 16:
+        print("error: give an API key of at least 16 characters on stdin", file=sys.stderr)
+        return 2
+    print(f"{args.name}:{hashlib.sha256(key.encode()).hexdigest()}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
+    from cowrie_stats.sample import write_sample
+
+    count = write_sample(Path(args.output), seed=args.seed)
+    print(json.dumps({"output": args.output, "events": count}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cowrie-stats",
+        description="Exact statistics over Cowrie honeypot logs, served over gRPC.",
+        epilog="Configuration comes from COWRIE_STATS_* environment variables (see .env.example).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="serve the gRPC API until SIGTERM/SIGINT").set_defaults(
+        func=cmd_serve
+    )
+    sub.add_parser(
+        "migrate", help="upgrade the database schema (alembic upgrade head)"
+    ).set_defaults(func=cmd_migrate)
+
+    ingest = sub.add_parser("ingest", help="load Cowrie JSON logs (files, .gz, dirs, - for stdin)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--sensor", help="sensor name for events that carry none")
+    ingest.add_argument("--batch-lines", type=int, default=5000, help="lines per transaction")
+    ingest.add_argument("--json", action="store_true", help="no progress bar, JSON summary only")
+    ingest.add_argument(
+        "--watch", type=float, default=0.0, metavar="SECONDS", help="re-scan every SECONDS"
+    )
+    ingest.set_defaults(func=cmd_ingest)
+
+    check = sub.add_parser("healthcheck", help="exit 0 when the server reports SERVING")
+    check.add_argument("--address", help="HOST:PORT (default localhost:$COWRIE_STATS_GRPC_PORT)")
+    check.add_argument("--timeout", type=float, default=3.0)
+    check.add_argument("--service", default=SERVICE_NAME)
+    check.set_defaults(func=cmd_healthcheck)
+
+    hash_key = sub.add_parser("hash-key", help="hash an API key read from stdin for the keys file")
+    hash_key.add_argument("--name", default="client", help="name of the key, shown in logs")
+    hash_key.set_defaults(func=cmd_hash_key)
+
+    sample = sub.add_parser("sample", help="write the bundled demo Cowrie log")
+    sample.add_argument("output", help="file to write (cowrie.json format)")
+    sample.add_argument("--seed", type=int, default=7)
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings()
+    except SettingsError as error:
+        print(f"cowrie-stats: configuration error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from cowrie_stats.db.schema import SchemaError
+
+        if isinstance(error, SchemaError | FileNotFoundError):
+            print(f"cowrie-stats: {error}", file=sys.stderr)
+            return 1
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(error, OperationalError):
+            print(
+                f"cowrie-stats: database unavailable ({redact_url(settings.database_url)}): "
+                f"{type(error.orig).__name__}",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

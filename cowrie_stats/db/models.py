@@ -1,0 +1,229 @@
+"""The relational schema, portable between SQLite and PostgreSQL.
+
+Design notes (the "why" behind the columns and indexes):
+
+* Times are stored as integer microseconds since the Unix epoch (UTC). That is
+  exact, identical on both backends, cheap to compare and to bucket
+  (``ts_us // 3_600_000_000`` is the hour), and BRIN-friendly on PostgreSQL.
+* ``events`` keeps every distinct usable event, keyed by a 128-bit hash of its
+  canonical content: re-reading a file, overlapping rotations or the same
+  events under another name insert nothing (dedup by content, not offset).
+* ``login_attempts``, ``commands`` and ``downloads`` are narrow per-event
+  tables keyed by the same hash, so each ranking scans one small index.
+* ``sessions`` is the denormalised per-session summary maintained by the
+  ingest (start, protocol, duration, per-session counts): session-level
+  figures never touch ``events``.
+* ``hourly_rollups`` holds additive per (sensor, hour) counters maintained in
+  the ingest transaction; whole hours of a window are answered from it.
+* IPs are stored as text in Python's canonical form (``ipaddress`` compressed),
+  so IPv4 and IPv6 compare and count exactly on both backends; a value that is
+  not an IP is kept verbatim rather than rejected.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+HASH_BYTES = 16
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Sensor(Base):
+    __tablename__ = "sensors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    first_ts_us: Mapped[int] = mapped_column(BigInteger)
+    last_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"))
+    session: Mapped[str] = mapped_column(Text)
+    eventid: Mapped[str] = mapped_column(Text)
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    raw: Mapped[str] = mapped_column(Text)
+
+    # Sensor event counts over partial hours of a window.
+    __table_args__ = (Index("ix_events_sensor_ts", "sensor_id", "ts_us"),)
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"))
+    session: Mapped[str] = mapped_column(Text)
+    start_ts_us: Mapped[int] = mapped_column(BigInteger)
+    end_ts_us: Mapped[int] = mapped_column(BigInteger)
+    src_ip: Mapped[str | None] = mapped_column(Text)
+    src_port: Mapped[int | None] = mapped_column(Integer)
+    dst_port: Mapped[int | None] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(16), default="unknown")
+    client_version: Mapped[str | None] = mapped_column(Text)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    # Ordering keys (ts_us, event hash) of the events that set the fields
+    # above, so merging batches in any order gives the same session.
+    start_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+    src_ip_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    src_ip_hash: Mapped[bytes | None] = mapped_column(LargeBinary(HASH_BYTES))
+    connect_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    connect_hash: Mapped[bytes | None] = mapped_column(LargeBinary(HASH_BYTES))
+    closed_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    closed_hash: Mapped[bytes | None] = mapped_column(LargeBinary(HASH_BYTES))
+    version_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    version_hash: Mapped[bytes | None] = mapped_column(LargeBinary(HASH_BYTES))
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    login_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    login_successes: Mapped[int] = mapped_column(Integer, default=0)
+    commands: Mapped[int] = mapped_column(Integer, default=0)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        UniqueConstraint("sensor_id", "session", name="uq_sessions_sensor_session"),
+        # Window scans by session start, with or without a sensor filter.
+        Index("ix_sessions_start", "start_ts_us"),
+        Index("ix_sessions_sensor_start", "sensor_id", "start_ts_us"),
+        # Source-IP rankings and distinct counts.
+        Index("ix_sessions_src_ip", "src_ip", "start_ts_us"),
+    )
+
+
+class LoginAttempt(Base):
+    __tablename__ = "login_attempts"
+
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"))
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"))
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    username: Mapped[str | None] = mapped_column(Text)
+    password: Mapped[str | None] = mapped_column(Text)
+    success: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        Index("ix_login_attempts_ts", "ts_us"),
+        Index("ix_login_attempts_sensor_ts", "sensor_id", "ts_us"),
+    )
+
+
+class Command(Base):
+    __tablename__ = "commands"
+
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"))
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"))
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    input: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_commands_ts", "ts_us"),
+        Index("ix_commands_sensor_ts", "sensor_id", "ts_us"),
+    )
+
+
+class Download(Base):
+    __tablename__ = "downloads"
+
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"))
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"))
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    shasum: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    outfile: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_downloads_ts", "ts_us"),
+        Index("ix_downloads_sensor_ts", "sensor_id", "ts_us"),
+    )
+
+
+class HourlyRollup(Base):
+    """Additive counters per sensor and UTC hour, maintained by the ingest."""
+
+    __tablename__ = "hourly_rollups"
+
+    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // 3600e6
+    sessions: Mapped[int] = mapped_column(BigInteger, default=0)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)
+    login_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    login_successes: Mapped[int] = mapped_column(BigInteger, default=0)
+    commands: Mapped[int] = mapped_column(BigInteger, default=0)
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_hourly_rollups_hour", "hour"),)
+
+
+class DeadLetter(Base):
+    """A line that could not be used, with why; never silently dropped."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    line_no: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)
+    raw_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+    created_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+    # Re-reading a file must not duplicate its dead letters.
+    __table_args__ = (
+        UniqueConstraint("source", "line_no", "raw_hash", name="uq_dead_letters_line"),
+    )
+
+
+class IngestCursor(Base):
+    """How far a file has been read, committed with the data it covers."""
+
+    __tablename__ = "ingest_cursors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Identity of the file content: hash of its first bytes (survives renames
+    # by rotation), plus the path and inode seen last, for operators.
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
+    compressed: Mapped[bool] = mapped_column(Boolean)
+    offset: Mapped[int] = mapped_column(BigInteger)  # of the decompressed stream
+    line_no: Mapped[int] = mapped_column(BigInteger)
+    updated_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+
+# Core Table objects, for set-based statements (typed as Table, unlike __table__).
+SENSORS = Base.metadata.tables["sensors"]
+EVENTS = Base.metadata.tables["events"]
+SESSIONS = Base.metadata.tables["sessions"]
+LOGIN_ATTEMPTS = Base.metadata.tables["login_attempts"]
+COMMANDS = Base.metadata.tables["commands"]
+DOWNLOADS = Base.metadata.tables["downloads"]
+HOURLY_ROLLUPS = Base.metadata.tables["hourly_rollups"]
+DEAD_LETTERS = Base.metadata.tables["dead_letters"]
+INGEST_CURSORS = Base.metadata.tables["ingest_cursors"]

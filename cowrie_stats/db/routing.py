@@ -1,0 +1,284 @@
+"""Database routing: one engine per endpoint; reads on healthy replicas, writes on the primary.
+
+The query layer asks :meth:`Router.run_read` to run a read function and never
+knows which host answered. Replica choice is round-robin over the healthy
+replicas: every statistics RPC costs about the same and is short, so rotating
+spreads load evenly without the bookkeeping of least-loaded, and each engine's
+own pool bounds its connections. A replica is healthy when it answers and its
+replay lag is within the limit; health is re-checked in the background (with
+exponential backoff while failing) and immediately when a read fails on it.
+With no healthy replica, reads go to the primary. A read that fails on one
+endpoint is retried once on another; never more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from cowrie_stats.errors import UnavailableError, classify
+from cowrie_stats.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Lag is zero when everything received has been replayed, whatever the age of
+# the last replayed transaction (an idle primary sends nothing new); only
+# when replay is behind does the age of the last replayed commit measure lag.
+LAG_QUERY = text(
+    """
+    SELECT CASE
+      WHEN NOT pg_is_in_recovery() THEN 0
+      WHEN pg_last_wal_receive_lsn() IS NULL
+        OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+      ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 'Infinity')
+    END
+    """
+)
+
+
+def create_db_engine(url: str, settings: Settings) -> Engine:
+    """An engine with its own pool, configured from settings."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=settings.db_pool_recycle_seconds,
+        pool_timeout=settings.db_connect_timeout_seconds,
+        connect_args={
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "application_name": "cowrie-stats",
+        },
+    )
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        from pathlib import Path
+
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    else:
+        engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: object, _record: object) -> None:
+        cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+        # WAL lets the server read while an ingest writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+@dataclass
+class Endpoint:
+    """One database endpoint and what we last learnt of its health."""
+
+    name: str
+    engine: Engine
+    is_primary: bool
+    healthy: bool = True
+    lag_seconds: float = 0.0
+    failures: int = 0
+    next_check: float = 0.0
+    last_error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Router:
+    """Chooses the engine for each read and write."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.primary = Endpoint(
+            redact_url(settings.database_url),
+            create_db_engine(settings.database_url, settings),
+            is_primary=True,
+        )
+        self.replicas = [
+            Endpoint(redact_url(url), create_db_engine(url, settings), is_primary=False)
+            for url in settings.replica_urls
+        ]
+        self._rotation = itertools.count()
+        self._fallback_logged = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.primary.engine.dialect.name == "postgresql"
+
+    # -- choosing ----------------------------------------------------------------
+
+    def healthy_replicas(self) -> list[Endpoint]:
+        return [r for r in self.replicas if r.healthy]
+
+    def read_order(self, prefer_primary: bool = False) -> list[Endpoint]:
+        """Endpoints to try for one read, best first."""
+        if prefer_primary:
+            return [self.primary, *self.healthy_replicas()]
+        healthy = self.healthy_replicas()
+        if not healthy:
+            self._note_fallback(True)
+            return [self.primary]
+        self._note_fallback(False)
+        start = next(self._rotation) % len(healthy)
+        rotated = healthy[start:] + healthy[:start]
+        return [*rotated, self.primary]
+
+    def _note_fallback(self, on_primary: bool) -> None:
+        if not self.replicas or on_primary == self._fallback_logged:
+            return
+        self._fallback_logged = on_primary
+        if on_primary:
+            log.warning("no healthy read replica: reads go to the primary")
+        else:
+            log.info("a read replica is healthy again: reads go to replicas")
+
+    @property
+    def reads_on_primary(self) -> bool:
+        return bool(self.replicas) and not self.healthy_replicas()
+
+    # -- running reads -------------------------------------------------------------
+
+    def run_read(
+        self,
+        work: Callable[[Connection], T],
+        timeout_seconds: float | None = None,
+        prefer_primary: bool = False,
+    ) -> T:
+        """Run ``work`` in a read transaction; retried once on another endpoint."""
+        order = self.read_order(prefer_primary)[:2]
+        for endpoint in order:
+            try:
+                with self._read_connection(endpoint, timeout_seconds) as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as error:
+                if not _is_connection_failure(error):
+                    raise
+                self._mark_failed(endpoint, error)
+        raise UnavailableError("no database endpoint answered; retry with backoff")
+
+    @contextmanager
+    def _read_connection(self, endpoint: Endpoint, timeout: float | None) -> Iterator[Connection]:
+        with endpoint.engine.connect() as conn, conn.begin():
+            if timeout is not None and conn.dialect.name == "postgresql":
+                # The remaining RPC deadline becomes a statement timeout, so a
+                # cancelled call stops its query on the server too.
+                millis = max(1, int(timeout * 1000))
+                conn.execute(
+                    text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(millis)}
+                )
+            yield conn
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A transaction on the primary (ingest, migrations)."""
+        with self.primary.engine.begin() as conn:
+            yield conn
+
+    # -- health --------------------------------------------------------------------
+
+    def _mark_failed(self, endpoint: Endpoint, error: BaseException) -> None:
+        if endpoint.is_primary:
+            return
+        with endpoint.lock:
+            was_healthy = endpoint.healthy
+            endpoint.healthy = False
+            endpoint.failures += 1
+            endpoint.last_error = type(error).__name__
+            endpoint.next_check = time.monotonic() + self._backoff(endpoint.failures)
+        if was_healthy:
+            log.warning("replica %s failed a read: marked unhealthy", endpoint.name)
+
+    def _backoff(self, failures: int) -> float:
+        interval = self.settings.replica_check_interval_seconds
+        return float(min(interval * 2 ** max(failures - 1, 0), interval * 12))
+
+    def check_replica(self, endpoint: Endpoint) -> bool:
+        """Probe one replica now and record the result."""
+        try:
+            with endpoint.engine.connect() as conn:
+                lag = float(conn.execute(LAG_QUERY).scalar_one())
+        except sa_exc.SQLAlchemyError as error:
+            self._mark_failed(endpoint, error)
+            return False
+        limit = self.settings.max_replica_lag_seconds
+        with endpoint.lock:
+            was_healthy = endpoint.healthy
+            endpoint.lag_seconds = lag
+            endpoint.healthy = lag <= limit
+            if endpoint.healthy:
+                endpoint.failures = 0
+                endpoint.next_check = (
+                    time.monotonic() + self.settings.replica_check_interval_seconds
+                )
+            else:
+                endpoint.failures += 1
+                endpoint.last_error = f"lag {lag:.1f}s > {limit:.1f}s"
+                endpoint.next_check = time.monotonic() + self._backoff(endpoint.failures)
+        if was_healthy != endpoint.healthy:
+            state = "healthy" if endpoint.healthy else f"unhealthy ({endpoint.last_error})"
+            log.warning("replica %s is %s", endpoint.name, state)
+        return endpoint.healthy
+
+    def check_due_replicas(self) -> None:
+        now = time.monotonic()
+        for endpoint in self.replicas:
+            if endpoint.next_check <= now:
+                self.check_replica(endpoint)
+
+    def ping(self) -> bool:
+        """True when some endpoint answers a trivial query (health service)."""
+        for endpoint in [self.primary, *self.healthy_replicas()]:
+            try:
+                with endpoint.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return True
+            except sa_exc.SQLAlchemyError:
+                continue
+        return False
+
+    def start(self) -> None:
+        """Start the background replica health checks (no-op without replicas)."""
+        if not self.replicas or self._thread is not None:
+            return
+        for endpoint in self.replicas:
+            self.check_replica(endpoint)
+        self._thread = threading.Thread(target=self._loop, name="replica-health", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        tick = min(self.settings.replica_check_interval_seconds, 1.0)
+        while not self._stop.wait(tick):
+            self.check_due_replicas()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for endpoint in [self.primary, *self.replicas]:
+            endpoint.engine.dispose()
+
+
+def _is_connection_failure(error: sa_exc.DBAPIError) -> bool:
+    return isinstance(classify(error), UnavailableError)

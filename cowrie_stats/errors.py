@@ -1,0 +1,167 @@
+"""Errors of the service and the one place where they become gRPC status codes.
+
+Like python-api-core's ``exceptions`` module: each error class names its code;
+:func:`to_status` builds a ``google.rpc.Status`` with rich details
+(``BadRequest`` field violations for INVALID_ARGUMENT, ``ErrorInfo`` for the
+rest). Database and unexpected errors are translated here too, so neither SQL
+text nor stack traces reach a client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from sqlalchemy import exc as sa_exc
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "cowrie-stats"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """Base of the errors a caller can act on; ``reason`` is a stable UPPER_SNAKE code."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata or {}
+
+
+class InvalidArgumentError(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {summary}")
+        self.violations = list(violations)
+
+
+class NotFoundError(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "SENSOR_NOT_FOUND"
+
+
+class UnavailableError(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DATABASE_UNAVAILABLE"
+
+
+class DeadlineExceededError(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "QUERY_CANCELLED"
+
+
+class ResourceExhaustedError(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "DATABASE_POOL_EXHAUSTED"
+
+
+class UnauthenticatedError(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "API_KEY_INVALID"
+
+
+def _is_query_cancelled(error: BaseException) -> bool:
+    orig = getattr(error, "orig", None)
+    # psycopg: QueryCanceled (SQLSTATE 57014) raised by statement_timeout.
+    return getattr(orig, "sqlstate", None) == "57014"
+
+
+def classify(error: BaseException) -> ServiceError | None:
+    """The :class:`ServiceError` a known failure stands for; None when unexpected."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, sa_exc.TimeoutError):
+        return ResourceExhaustedError("all database connections are busy; retry with backoff")
+    if isinstance(error, sa_exc.DBAPIError) and _is_query_cancelled(error):
+        return DeadlineExceededError("the query was cancelled at the request deadline")
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+        isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    ):
+        return UnavailableError("the database is unavailable; retry with backoff")
+    return None
+
+
+def translate(error: BaseException) -> ServiceError:
+    """Map any exception raised while serving to a :class:`ServiceError`."""
+    known = classify(error)
+    if known is not None:
+        return known
+    request_id = uuid.uuid4().hex
+    log.error("unexpected error (request_id=%s)", request_id, exc_info=error)
+    return ServiceError("internal error", {"request_id": request_id})
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: ServiceError) -> grpc.Status:
+    """The ``grpc.Status`` (with google.rpc details) for a service error."""
+    details: list[any_pb2.Any] = []
+    if isinstance(error, InvalidArgumentError):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    else:
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=DOMAIN, metadata=error.metadata
+        )
+        details.append(_pack(info))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code.name),
+        message=error.message,
+        details=details,
+    )
+    return rpc_status.to_status(status)
+
+
+def abort(context: grpc.ServicerContext, error: BaseException) -> None:
+    """Abort the RPC with the status for ``error`` (raises, as grpc does)."""
+    service_error = translate(error)
+    context.abort_with_status(to_status(service_error))
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def rpc_errors(method: Method) -> Method:
+    """Decorate a servicer method so that every failure becomes a proper status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as error:
+            abort(context, error)
+            raise  # pragma: no cover - abort always raises
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Ingest of Cowrie JSON logs: parse, read sources with cursors, write batches."""

@@ -1,0 +1,437 @@
+"""Write parsed batches: events, per-event tables, sessions and rollups in one transaction.
+
+Only events not already stored are merged into sessions and rollups, and every
+merge rule is order-independent (minimum/maximum by (timestamp, hash), sums),
+so any interleaving of files, re-reads and resumed runs gives the same totals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from cowrie_stats.db.models import (
+    COMMANDS,
+    DEAD_LETTERS,
+    DOWNLOADS,
+    EVENTS,
+    HASH_BYTES,
+    HOURLY_ROLLUPS,
+    INGEST_CURSORS,
+    LOGIN_ATTEMPTS,
+    SENSORS,
+    SESSIONS,
+    Event,
+    IngestCursor,
+    Sensor,
+)
+from cowrie_stats.ingest.parse import (
+    CLIENT_VERSION,
+    COMMAND_INPUT,
+    FILE_DOWNLOAD,
+    LOGIN_FAILED,
+    LOGIN_SUCCESS,
+    PROTOCOLS,
+    SESSION_CLOSED,
+    SESSION_CONNECT,
+    ParsedEvent,
+)
+
+US_PER_HOUR = 3_600_000_000
+IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
+
+SESSION_STATE_COLUMNS = [c.name for c in SESSIONS.columns if c.name not in ("sensor_id", "session")]
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    source: str
+    line_no: int
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class CursorState:
+    head_hash: bytes
+    path: str
+    inode: int | None
+    compressed: bool
+    offset: int
+    line_no: int
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass
+class _Rollup:
+    sessions: int = 0
+    events: int = 0
+    login_attempts: int = 0
+    login_successes: int = 0
+    commands: int = 0
+    downloads: int = 0
+
+
+@dataclass
+class _SessionRow:
+    """Mutable copy of a ``sessions`` row while a batch is merged into it."""
+
+    values: dict[str, Any]
+    is_new: bool
+    old_start_ts_us: int | None = None
+    touched: set[str] = field(default_factory=set)
+
+    def key(self, name: str) -> tuple[int, bytes] | None:
+        ts = self.values.get(f"{name}_ts_us")
+        digest = self.values.get(f"{name}_hash")
+        return None if ts is None or digest is None else (ts, digest)
+
+    def set(self, **values: Any) -> None:
+        self.values.update(values)
+        self.touched.update(values)
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _dialect_insert(conn: Connection, table: Table) -> Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        stmt: Any = _dialect_insert(conn, table)
+        conn.execute(stmt.on_conflict_do_nothing(), rows)
+
+
+def _least_greatest(conn: Connection) -> tuple[Any, Any]:
+    if conn.dialect.name == "postgresql":
+        return func.least, func.greatest
+    return func.min, func.max  # SQLite's two-argument scalar min/max
+
+
+class BatchWriter:
+    """Stores batches of parsed events; one call is one transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._sensor_ids: dict[str, int] = {}
+
+    def write(
+        self,
+        events: Iterable[ParsedEvent],
+        dead_letters: Sequence[DeadLetterRecord] = (),
+        cursor: CursorState | None = None,
+    ) -> BatchResult:
+        result = BatchResult()
+        unique: dict[bytes, ParsedEvent] = {}
+        for event in events:
+            if event.hash in unique:
+                result.duplicates += 1
+            else:
+                unique[event.hash] = event
+        existing = self._existing_hashes(list(unique))
+        result.duplicates += len(existing)
+        fresh = [event for digest, event in unique.items() if digest not in existing]
+        if fresh:
+            self._store(fresh)
+        result.stored = len(fresh)
+        result.dead_lettered = self._dead_letters(dead_letters)
+        if cursor is not None:
+            self._save_cursor(cursor)
+        return result
+
+    # -- events -----------------------------------------------------------------
+
+    def _existing_hashes(self, hashes: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for chunk in _chunks(hashes):
+            found.update(self.conn.scalars(select(Event.hash).where(Event.hash.in_(chunk))))
+        return found
+
+    def _store(self, fresh: list[ParsedEvent]) -> None:
+        self._ensure_sensors(fresh)
+        ids = self._sensor_ids
+        _insert_ignore(
+            self.conn,
+            EVENTS,
+            [
+                {
+                    "hash": e.hash,
+                    "sensor_id": ids[e.sensor],
+                    "session": e.session,
+                    "eventid": e.eventid,
+                    "ts_us": e.ts_us,
+                    "raw": e.raw,
+                }
+                for e in fresh
+            ],
+        )
+        rollups: defaultdict[tuple[int, int], _Rollup] = defaultdict(_Rollup)
+        session_ids = self._merge_sessions(fresh, rollups)
+        self._store_details(fresh, session_ids, rollups)
+        self._add_rollups(rollups)
+
+    def _ensure_sensors(self, fresh: list[ParsedEvent]) -> None:
+        bounds: dict[str, tuple[int, int]] = {}
+        for e in fresh:
+            low, high = bounds.get(e.sensor, (e.ts_us, e.ts_us))
+            bounds[e.sensor] = (min(low, e.ts_us), max(high, e.ts_us))
+        least, greatest = _least_greatest(self.conn)
+        stmt: Any = _dialect_insert(self.conn, SENSORS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={
+                "first_ts_us": least(Sensor.first_ts_us, stmt.excluded.first_ts_us),
+                "last_ts_us": greatest(Sensor.last_ts_us, stmt.excluded.last_ts_us),
+            },
+        )
+        rows = [
+            {"name": name, "first_ts_us": low, "last_ts_us": high}
+            for name, (low, high) in sorted(bounds.items())
+        ]
+        self.conn.execute(stmt, rows)
+        missing = [name for name in bounds if name not in self._sensor_ids]
+        for chunk in _chunks(missing):
+            for sensor_id, name in self.conn.execute(
+                select(Sensor.id, Sensor.name).where(Sensor.name.in_(chunk))
+            ):
+                self._sensor_ids[name] = sensor_id
+
+    # -- sessions ---------------------------------------------------------------
+
+    def _load_sessions(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], _SessionRow]:
+        by_sensor: defaultdict[int, list[str]] = defaultdict(list)
+        for sensor_id, session in keys:
+            by_sensor[sensor_id].append(session)
+        rows: dict[tuple[int, str], _SessionRow] = {}
+        table = SESSIONS
+        for sensor_id, sessions in by_sensor.items():
+            for chunk in _chunks(sessions):
+                query = select(table).where(
+                    table.c.sensor_id == sensor_id, table.c.session.in_(chunk)
+                )
+                for row in self.conn.execute(query).mappings():
+                    values = dict(row)
+                    key = (sensor_id, values["session"])
+                    rows[key] = _SessionRow(values, False, values["start_ts_us"])
+        return rows
+
+    def _merge_sessions(
+        self, fresh: list[ParsedEvent], rollups: defaultdict[tuple[int, int], _Rollup]
+    ) -> dict[tuple[int, str], int]:
+        keys = {(self._sensor_ids[e.sensor], e.session) for e in fresh}
+        rows = self._load_sessions(keys)
+        for e in sorted(fresh, key=lambda ev: (ev.ts_us, ev.hash)):
+            key = (self._sensor_ids[e.sensor], e.session)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = _SessionRow(_new_session(key, e), True)
+            _merge_event(row, e)
+        for row in rows.values():
+            if not row.touched:
+                continue
+            new_hour = row.values["start_ts_us"] // US_PER_HOUR
+            sensor_id = row.values["sensor_id"]
+            if row.old_start_ts_us is None:
+                rollups[(sensor_id, new_hour)].sessions += 1
+            elif row.old_start_ts_us // US_PER_HOUR != new_hour:
+                rollups[(sensor_id, row.old_start_ts_us // US_PER_HOUR)].sessions -= 1
+                rollups[(sensor_id, new_hour)].sessions += 1
+        return self._save_sessions(rows)
+
+    def _save_sessions(
+        self, rows: dict[tuple[int, str], _SessionRow]
+    ) -> dict[tuple[int, str], int]:
+        table = SESSIONS
+        new_rows = [r.values for r in rows.values() if r.is_new]
+        if new_rows:
+            self.conn.execute(
+                insert(table), [{k: v for k, v in r.items() if k != "id"} for r in new_rows]
+            )
+        changed = [r for r in rows.values() if not r.is_new and r.touched]
+        for row in changed:
+            values = {name: row.values[name] for name in row.touched}
+            self.conn.execute(update(table).where(table.c.id == row.values["id"]).values(values))
+        ids = {key: row.values["id"] for key, row in rows.items() if not row.is_new}
+        new_keys = [key for key, row in rows.items() if row.is_new]
+        by_sensor: defaultdict[int, list[str]] = defaultdict(list)
+        for sensor_id, session in new_keys:
+            by_sensor[sensor_id].append(session)
+        for sensor_id, sessions in by_sensor.items():
+            for chunk in _chunks(sessions):
+                query = select(table.c.id, table.c.session).where(
+                    table.c.sensor_id == sensor_id, table.c.session.in_(chunk)
+                )
+                for session_id, session in self.conn.execute(query):
+                    ids[(sensor_id, session)] = session_id
+        return ids
+
+    # -- per-event tables and rollups ---------------------------------------------
+
+    def _store_details(
+        self,
+        fresh: list[ParsedEvent],
+        session_ids: dict[tuple[int, str], int],
+        rollups: defaultdict[tuple[int, int], _Rollup],
+    ) -> None:
+        logins: list[dict[str, Any]] = []
+        commands: list[dict[str, Any]] = []
+        downloads: list[dict[str, Any]] = []
+        for e in fresh:
+            sensor_id = self._sensor_ids[e.sensor]
+            common = {
+                "event_hash": e.hash,
+                "sensor_id": sensor_id,
+                "session_id": session_ids[(sensor_id, e.session)],
+                "ts_us": e.ts_us,
+            }
+            bucket = rollups[(sensor_id, e.ts_us // US_PER_HOUR)]
+            bucket.events += 1
+            if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
+                success = e.eventid == LOGIN_SUCCESS
+                logins.append(
+                    common | {"username": e.username, "password": e.password, "success": success}
+                )
+                bucket.login_attempts += 1
+                bucket.login_successes += int(success)
+            elif e.eventid == COMMAND_INPUT:
+                commands.append(common | {"input": e.command or ""})
+                bucket.commands += 1
+            elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
+                downloads.append(common | {"shasum": e.shasum, "url": e.url, "outfile": e.outfile})
+                bucket.downloads += 1
+        _insert_ignore(self.conn, LOGIN_ATTEMPTS, logins)
+        _insert_ignore(self.conn, COMMANDS, commands)
+        _insert_ignore(self.conn, DOWNLOADS, downloads)
+
+    def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
+        if not rollups:
+            return
+        names = [f.name for f in dataclasses.fields(_Rollup)]
+        stmt: Any = _dialect_insert(self.conn, HOURLY_ROLLUPS)
+        table = HOURLY_ROLLUPS
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sensor_id", "hour"],
+            set_={name: table.c[name] + stmt.excluded[name] for name in names},
+        )
+        rows = [
+            {"sensor_id": sensor_id, "hour": hour, **dataclasses.asdict(counts)}
+            for (sensor_id, hour), counts in sorted(rollups.items())
+        ]
+        self.conn.execute(stmt, rows)
+
+    # -- dead letters and cursors -------------------------------------------------
+
+    def _dead_letters(self, records: Sequence[DeadLetterRecord]) -> int:
+        now = int(time.time() * 1_000_000)
+        rows = [
+            {
+                "source": r.source,
+                "line_no": r.line_no,
+                "reason": r.reason,
+                "raw": r.raw,
+                "raw_hash": hashlib.blake2b(r.raw.encode(), digest_size=HASH_BYTES).digest(),
+                "created_ts_us": now,
+            }
+            for r in records
+        ]
+        _insert_ignore(self.conn, DEAD_LETTERS, rows)
+        return len(rows)
+
+    def _save_cursor(self, cursor: CursorState) -> None:
+        stmt: Any = _dialect_insert(self.conn, INGEST_CURSORS)
+        values = dataclasses.asdict(cursor) | {"updated_ts_us": int(time.time() * 1_000_000)}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["head_hash"],
+            set_={k: v for k, v in values.items() if k != "head_hash"},
+        )
+        self.conn.execute(stmt, [values])
+
+
+def load_cursor(conn: Connection, head_hash: bytes) -> tuple[int, int] | None:
+    """(offset, line_no) stored for a file whose head hashes to ``head_hash``."""
+    row = conn.execute(
+        select(IngestCursor.offset, IngestCursor.line_no).where(IngestCursor.head_hash == head_hash)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _new_session(key: tuple[int, str], e: ParsedEvent) -> dict[str, Any]:
+    values: dict[str, Any] = dict.fromkeys(SESSION_STATE_COLUMNS)
+    values.update(
+        sensor_id=key[0],
+        session=key[1],
+        start_ts_us=e.ts_us,
+        start_hash=e.hash,
+        end_ts_us=e.ts_us,
+        protocol="unknown",
+        events=0,
+        login_attempts=0,
+        login_successes=0,
+        commands=0,
+        downloads=0,
+    )
+    return values
+
+
+def _before(candidate: tuple[int, bytes], current: tuple[int, bytes] | None) -> bool:
+    return current is None or candidate < current
+
+
+def _merge_event(row: _SessionRow, e: ParsedEvent) -> None:
+    """Fold one new event into its session; the result is independent of order."""
+    v = row.values
+    key = (e.ts_us, e.hash)
+    if key < (v["start_ts_us"], v["start_hash"]):
+        row.set(start_ts_us=e.ts_us, start_hash=e.hash)
+    if e.ts_us > v["end_ts_us"]:
+        row.set(end_ts_us=e.ts_us)
+    if e.src_ip is not None and _before(key, row.key("src_ip")):
+        row.set(src_ip=e.src_ip, src_port=e.src_port, src_ip_ts_us=e.ts_us, src_ip_hash=e.hash)
+    if e.eventid == SESSION_CONNECT and _before(key, row.key("connect")):
+        protocol = e.protocol if e.protocol in PROTOCOLS else "unknown"
+        row.set(protocol=protocol, dst_port=e.dst_port, connect_ts_us=e.ts_us, connect_hash=e.hash)
+    elif e.eventid == SESSION_CLOSED:
+        current = row.key("closed")
+        if current is None or key > current:
+            row.set(duration_s=e.duration_s, closed_ts_us=e.ts_us, closed_hash=e.hash)
+    elif e.eventid == CLIENT_VERSION and _before(key, row.key("version")):
+        row.set(client_version=e.client_version, version_ts_us=e.ts_us, version_hash=e.hash)
+    counts = Counter({"events": 1})
+    if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
+        counts["login_attempts"] += 1
+        counts["login_successes"] += int(e.eventid == LOGIN_SUCCESS)
+    elif e.eventid == COMMAND_INPUT:
+        counts["commands"] += 1
+    elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
+        counts["downloads"] += 1
+    row.set(**{name: v[name] + n for name, n in counts.items()})
+
+
+__all__ = [
+    "BatchResult",
+    "BatchWriter",
+    "CursorState",
+    "DeadLetterRecord",
+    "load_cursor",
+]

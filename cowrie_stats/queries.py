@@ -1,0 +1,507 @@
+"""All SQL of the three statistics RPCs, in one place.
+
+Counting rules: ``shared/COUNTING.md`` (mirrored in docs/api.md). Session-level
+figures select sessions by start; event-level figures select events by their
+timestamp. Additive counters come from ``hourly_rollups`` for the whole hours
+of a window and from the narrow per-event tables for the partial hours at its
+edges, so a year costs about what an hour costs; distinct counts and rankings
+scan the narrow tables through their (sensor, time) indexes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+)
+
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+from cowrie_stats.db.models import (
+    COMMANDS,
+    DOWNLOADS,
+    EVENTS,
+    HOURLY_ROLLUPS,
+    LOGIN_ATTEMPTS,
+    SENSORS,
+    SESSIONS,
+)
+from cowrie_stats.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from cowrie_stats.validation import MAX_BUCKETS, Filters, Window
+
+US_PER_HOUR = 3_600_000_000
+PROTOCOL_KEYS = ("ssh", "telnet", "unknown")
+
+
+def _timestamp(ts_us: int | None) -> Timestamp | None:
+    if ts_us is None:
+        return None
+    seconds, micros = divmod(ts_us, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def _bytewise(column: ColumnElement[Any], conn: Connection) -> ColumnElement[Any]:
+    """Order strings by their bytes (PostgreSQL's default collation would not)."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+# -- filters ----------------------------------------------------------------------
+
+
+def resolve_sensors(conn: Connection, names: Sequence[str]) -> dict[int, str] | None:
+    """Sensor ids of ``names``; None when no filter. Unknown names are NOT_FOUND."""
+    if not names:
+        return None
+    rows = conn.execute(select(SENSORS.c.id, SENSORS.c.name).where(SENSORS.c.name.in_(names)))
+    found = {name: sensor_id for sensor_id, name in rows}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise NotFoundError(
+            f"unknown sensor(s): {', '.join(missing)}", {"sensors": ",".join(missing)}
+        )
+    return {sensor_id: name for name, sensor_id in found.items()}
+
+
+@dataclass(frozen=True)
+class _Scope:
+    window: Window
+    sensor_ids: tuple[int, ...] | None
+
+    def where(self, ts: ColumnElement[Any], sensor: ColumnElement[Any]) -> ColumnElement[bool]:
+        clauses: list[ColumnElement[bool]] = []
+        if self.window.start_us is not None:
+            clauses.append(ts >= self.window.start_us)
+        if self.window.end_us is not None:
+            clauses.append(ts < self.window.end_us)
+        if self.sensor_ids is not None:
+            clauses.append(sensor.in_(self.sensor_ids))
+        return and_(literal(True), *clauses)
+
+
+def _scope(conn: Connection, filters: Filters) -> _Scope:
+    sensors = resolve_sensors(conn, filters.sensors)
+    return _Scope(filters.window, None if sensors is None else tuple(sensors))
+
+
+# -- additive counters: rollups for whole hours, raw rows at the edges --------------
+
+
+@dataclass(frozen=True)
+class _Counter:
+    rollup_column: str
+    table: Table
+    ts_column: str
+    condition: ColumnElement[bool] | None = None
+
+
+SESSIONS_STARTED = _Counter("sessions", SESSIONS, "start_ts_us")
+EVENT_COUNT = _Counter("events", EVENTS, "ts_us")
+LOGINS = _Counter("login_attempts", LOGIN_ATTEMPTS, "ts_us")
+LOGIN_SUCCESSES = _Counter(
+    "login_successes", LOGIN_ATTEMPTS, "ts_us", LOGIN_ATTEMPTS.c.success.is_(True)
+)
+COMMAND_COUNT = _Counter("commands", COMMANDS, "ts_us")
+DOWNLOAD_COUNT = _Counter("downloads", DOWNLOADS, "ts_us")
+
+
+def _hour_split(window: Window) -> tuple[int | None, int | None]:
+    """First and last whole hour boundaries inside the window (None = unbounded)."""
+    first = None if window.start_us is None else -(-window.start_us // US_PER_HOUR)
+    last = None if window.end_us is None else window.end_us // US_PER_HOUR
+    return first, last
+
+
+def count_by_sensor(
+    conn: Connection, scope: _Scope, counters: Sequence[_Counter]
+) -> dict[int, dict[str, int]]:
+    """Exact totals of ``counters`` per sensor id over the scope."""
+    first, last = _hour_split(scope.window)
+    totals: dict[int, dict[str, int]] = {}
+
+    def add(sensor_id: int, name: str, value: int | None) -> None:
+        row = totals.setdefault(sensor_id, dict.fromkeys((c.rollup_column for c in counters), 0))
+        row[name] += int(value or 0)
+
+    if first is not None and last is not None and first >= last:
+        # The window lies inside one hour: the raw rows answer it all.
+        for counter in counters:
+            for sensor_id, value in _raw_counts(conn, scope, counter, scope.window):
+                add(sensor_id, counter.rollup_column, value)
+        return totals
+    hours = HOURLY_ROLLUPS.c
+    conditions: list[ColumnElement[bool]] = []
+    if first is not None:
+        conditions.append(hours.hour >= first)
+    if last is not None:
+        conditions.append(hours.hour < last)
+    if scope.sensor_ids is not None:
+        conditions.append(hours.sensor_id.in_(scope.sensor_ids))
+    query = (
+        select(hours.sensor_id, *(func.sum(hours[c.rollup_column]) for c in counters))
+        .where(and_(literal(True), *conditions))
+        .group_by(hours.sensor_id)
+    )
+    for row in conn.execute(query):
+        for counter, value in zip(counters, row[1:], strict=True):
+            add(row[0], counter.rollup_column, value)
+    edges = []
+    if first is not None and scope.window.start_us is not None:
+        edges.append(Window(scope.window.start_us, first * US_PER_HOUR))
+    if last is not None and scope.window.end_us is not None:
+        edges.append(Window(last * US_PER_HOUR, scope.window.end_us))
+    for edge in edges:
+        if edge.start_us == edge.end_us:
+            continue
+        for counter in counters:
+            for sensor_id, value in _raw_counts(conn, scope, counter, edge):
+                add(sensor_id, counter.rollup_column, value)
+    return totals
+
+
+def _raw_counts(
+    conn: Connection, scope: _Scope, counter: _Counter, window: Window
+) -> list[tuple[int, int]]:
+    table = counter.table
+    where = _Scope(window, scope.sensor_ids).where(table.c[counter.ts_column], table.c.sensor_id)
+    if counter.condition is not None:
+        where = and_(where, counter.condition)
+    query = select(table.c.sensor_id, func.count()).where(where).group_by(table.c.sensor_id)
+    return [(sensor_id, count) for sensor_id, count in conn.execute(query)]
+
+
+def _sum_counts(per_sensor: dict[int, dict[str, int]], name: str) -> int:
+    return sum(row[name] for row in per_sensor.values())
+
+
+# -- GetSessionStats ----------------------------------------------------------------
+
+
+def session_stats(
+    conn: Connection, filters: Filters, bucket_us: int
+) -> stats_pb2.GetSessionStatsResponse:
+    scope = _scope(conn, filters)
+    s = SESSIONS.c
+    in_scope = scope.where(s.start_ts_us, s.sensor_id)
+    summary = conn.execute(
+        select(
+            func.count(func.distinct(s.src_ip)),
+            func.sum(case((s.login_successes > 0, 1), else_=0)),
+            func.sum(case((s.commands > 0, 1), else_=0)),
+            func.sum(s.commands),
+            func.max(s.commands),
+            func.sum(s.duration_s),
+            func.count(s.duration_s),
+        ).where(in_scope)
+    ).one()
+    by_protocol = dict.fromkeys(PROTOCOL_KEYS, 0)
+    for protocol, count in conn.execute(
+        select(s.protocol, func.count()).where(in_scope).group_by(s.protocol)
+    ):
+        by_protocol[protocol] = by_protocol.get(protocol, 0) + count
+    total_sessions = sum(by_protocol.values())
+    counts = count_by_sensor(conn, scope, [LOGINS, LOGIN_SUCCESSES, COMMAND_COUNT])
+    downloads = _download_totals(conn, scope)
+    logins = _sum_counts(counts, "login_attempts")
+    successes = _sum_counts(counts, "login_successes")
+    command_sum = int(summary[3] or 0)
+    with_duration = int(summary[6] or 0)
+    response = stats_pb2.GetSessionStatsResponse(
+        total_sessions=total_sessions,
+        unique_source_ips=int(summary[0] or 0),
+        sessions_with_login_success=int(summary[1] or 0),
+        login_attempts=logins,
+        login_successes=successes,
+        login_failures=logins - successes,
+        sessions_with_commands=int(summary[2] or 0),
+        total_commands=_sum_counts(counts, "commands"),
+        avg_commands_per_session=command_sum / total_sessions if total_sessions else 0.0,
+        max_commands_per_session=int(summary[4] or 0),
+        file_downloads=downloads[0],
+        unique_download_hashes=downloads[1],
+        avg_duration_seconds=float(summary[5] or 0.0) / with_duration if with_duration else 0.0,
+        sessions_with_duration=with_duration,
+        sessions_by_protocol=by_protocol,
+    )
+    if bucket_us:
+        response.buckets.extend(_buckets(conn, scope, bucket_us))
+    return response
+
+
+def _download_totals(conn: Connection, scope: _Scope) -> tuple[int, int]:
+    d = DOWNLOADS.c
+    row = conn.execute(
+        select(func.count(), func.count(func.distinct(d.shasum))).where(
+            scope.where(d.ts_us, d.sensor_id)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def _bucket_range(conn: Connection, scope: _Scope, width: int) -> range | None:
+    start, end = scope.window.start_us, scope.window.end_us
+    if start is None or end is None:
+        # Unbounded side: bound it by the data in scope.
+        bounds = [
+            conn.execute(
+                select(func.min(table.c[col]), func.max(table.c[col])).where(
+                    scope.where(table.c[col], table.c.sensor_id)
+                )
+            ).one()
+            for table, col in (
+                (SESSIONS, "start_ts_us"),
+                (LOGIN_ATTEMPTS, "ts_us"),
+                (COMMANDS, "ts_us"),
+            )
+        ]
+        lows = [b[0] for b in bounds if b[0] is not None]
+        highs = [b[1] for b in bounds if b[1] is not None]
+        if not lows:
+            return None
+        start = min(lows) if start is None else start
+        end = max(highs) + 1 if end is None else end
+    if end <= start:
+        return None
+    first = start // width
+    last = -(-end // width)
+    if last - first > MAX_BUCKETS:
+        raise InvalidArgumentError(
+            [FieldViolation("bucket", f"more than {MAX_BUCKETS} buckets; narrow time_range")]
+        )
+    return range(first, last)
+
+
+def _grouped(
+    conn: Connection, scope: _Scope, table: Table, ts: str, width: int, *columns: Any
+) -> dict[int, tuple[Any, ...]]:
+    bucket = (table.c[ts] // width).label("bucket")
+    query = (
+        select(bucket, *columns).where(scope.where(table.c[ts], table.c.sensor_id)).group_by(bucket)
+    )
+    return {int(row[0]): tuple(row[1:]) for row in conn.execute(query)}
+
+
+def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.SessionBucket]:
+    span = _bucket_range(conn, scope, width)
+    if span is None:
+        return []
+    s = SESSIONS.c
+    sessions = _grouped(
+        conn,
+        scope,
+        SESSIONS,
+        "start_ts_us",
+        width,
+        func.count(),
+        func.count(func.distinct(s.src_ip)),
+    )
+    logins = _grouped(conn, scope, LOGIN_ATTEMPTS, "ts_us", width, func.count())
+    commands = _grouped(conn, scope, COMMANDS, "ts_us", width, func.count())
+    return [
+        stats_pb2.SessionBucket(
+            start_time=_timestamp(index * width),
+            sessions=sessions.get(index, (0, 0))[0],
+            unique_source_ips=sessions.get(index, (0, 0))[1],
+            login_attempts=logins.get(index, (0,))[0],
+            total_commands=commands.get(index, (0,))[0],
+        )
+        for index in span
+    ]
+
+
+# -- GetThreatStats -----------------------------------------------------------------
+
+
+def _ranked(
+    conn: Connection,
+    value: Column[Any],
+    where: ColumnElement[bool],
+    count: ColumnElement[Any],
+    sessions: ColumnElement[Any],
+    first: ColumnElement[Any],
+    last: ColumnElement[Any],
+    top_n: int,
+) -> list[stats_pb2.RankedValue]:
+    query: Select[Any] = (
+        select(value, count.label("n"), sessions, first, last)
+        .where(where, value.is_not(None))
+        .group_by(value)
+        .order_by(count.desc(), _bytewise(value, conn).asc())
+        .limit(top_n)
+    )
+    return [
+        stats_pb2.RankedValue(
+            value=row[0],
+            count=row[1],
+            sessions=row[2],
+            first_seen=_timestamp(row[3]),
+            last_seen=_timestamp(row[4]),
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def _distinct(conn: Connection, column: Column[Any], where: ColumnElement[bool]) -> int:
+    return int(conn.execute(select(func.count(func.distinct(column))).where(where)).scalar_one())
+
+
+def threat_stats(
+    conn: Connection, filters: Filters, top_n: int
+) -> stats_pb2.GetThreatStatsResponse:
+    scope = _scope(conn, filters)
+    s, la, c, d = SESSIONS.c, LOGIN_ATTEMPTS.c, COMMANDS.c, DOWNLOADS.c
+    in_sessions = scope.where(s.start_ts_us, s.sensor_id)
+    in_logins = scope.where(la.ts_us, la.sensor_id)
+    in_commands = scope.where(c.ts_us, c.sensor_id)
+
+    def per_event(
+        table: Table, value: Column[Any], where: ColumnElement[bool]
+    ) -> list[stats_pb2.RankedValue]:
+        return _ranked(
+            conn,
+            value,
+            where,
+            func.count(),
+            func.count(func.distinct(table.c.session_id)),
+            func.min(table.c.ts_us),
+            func.max(table.c.ts_us),
+            top_n,
+        )
+
+    return stats_pb2.GetThreatStatsResponse(
+        top_source_ips=_ranked(
+            conn,
+            s.src_ip,
+            in_sessions,
+            func.count(),
+            func.count(),
+            func.min(s.start_ts_us),
+            func.max(s.end_ts_us),
+            top_n,
+        ),
+        top_usernames=per_event(LOGIN_ATTEMPTS, la.username, in_logins),
+        top_passwords=per_event(LOGIN_ATTEMPTS, la.password, in_logins),
+        top_commands=per_event(COMMANDS, c.input, in_commands),
+        top_credentials=_credentials(conn, in_logins, top_n),
+        top_downloads=_downloads(conn, scope.where(d.ts_us, d.sensor_id), top_n),
+        unique_source_ips=_distinct(conn, s.src_ip, in_sessions),
+        unique_usernames=_distinct(conn, la.username, in_logins),
+        unique_passwords=_distinct(conn, la.password, in_logins),
+        unique_download_hashes=_distinct(conn, d.shasum, scope.where(d.ts_us, d.sensor_id)),
+    )
+
+
+def _credentials(
+    conn: Connection, where: ColumnElement[bool], top_n: int
+) -> list[stats_pb2.Credential]:
+    la = LOGIN_ATTEMPTS.c
+    attempts = func.count()
+    query = (
+        select(la.username, la.password, attempts, func.sum(case((la.success, 1), else_=0)))
+        .where(where, la.username.is_not(None), la.password.is_not(None))
+        .group_by(la.username, la.password)
+        .order_by(
+            attempts.desc(),
+            _bytewise(la.username, conn).asc(),
+            _bytewise(la.password, conn).asc(),
+        )
+        .limit(top_n)
+    )
+    return [
+        stats_pb2.Credential(username=u, password=p, attempts=n, successes=int(ok or 0))
+        for u, p, n, ok in conn.execute(query)
+    ]
+
+
+def _downloads(
+    conn: Connection, where: ColumnElement[bool], top_n: int
+) -> list[stats_pb2.Download]:
+    d = DOWNLOADS.c
+    count = func.count()
+    query = (
+        select(d.shasum, count, func.count(func.distinct(d.session_id)))
+        .where(where)
+        .group_by(d.shasum)
+        .order_by(count.desc(), _bytewise(d.shasum, conn).asc())
+        .limit(top_n)
+    )
+    rows = conn.execute(query).all()
+    urls: dict[str, tuple[int, str]] = {}
+    if rows:
+        url_query = select(d.shasum, d.ts_us, d.url).where(
+            where, d.shasum.in_([r[0] for r in rows]), d.url.is_not(None), d.url != ""
+        )
+        for shasum, ts_us, url in conn.execute(url_query):
+            # Most recent non-empty URL; equal timestamps broken by the URL itself.
+            if shasum not in urls or (ts_us, url) > urls[shasum]:
+                urls[shasum] = (ts_us, url)
+    return [
+        stats_pb2.Download(shasum=sha, url=urls.get(sha, (0, ""))[1], count=n, sessions=sessions)
+        for sha, n, sessions in rows
+    ]
+
+
+# -- GetSensorStats -----------------------------------------------------------------
+
+
+def sensor_stats(
+    conn: Connection, filters: Filters, stale_after_us: int, now_us: int | None = None
+) -> stats_pb2.GetSensorStatsResponse:
+    sensors = resolve_sensors(conn, filters.sensors)
+    query = select(SENSORS.c.id, SENSORS.c.name, SENSORS.c.last_ts_us).order_by(
+        _bytewise(SENSORS.c.name, conn)
+    )
+    if sensors is not None:
+        query = query.where(SENSORS.c.id.in_(tuple(sensors)))
+    known = conn.execute(query).all()
+    scope = _Scope(filters.window, tuple(row[0] for row in known))
+    counts = count_by_sensor(conn, scope, [EVENT_COUNT, LOGIN_SUCCESSES, DOWNLOAD_COUNT])
+    s = SESSIONS.c
+    per_session = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute(
+            select(s.sensor_id, func.count(), func.count(func.distinct(s.src_ip)))
+            .where(scope.where(s.start_ts_us, s.sensor_id))
+            .group_by(s.sensor_id)
+        )
+    }
+    now = int(time.time() * 1_000_000) if now_us is None else now_us
+    response = stats_pb2.GetSensorStatsResponse(total_sensors=len(known))
+    for sensor_id, name, last_ts_us in known:
+        row = counts.get(sensor_id, {})
+        first, last = _seen(conn, filters.window, sensor_id)
+        response.sensors.append(
+            stats_pb2.SensorStats(
+                sensor=name,
+                sessions=per_session.get(sensor_id, (0, 0))[0],
+                unique_source_ips=per_session.get(sensor_id, (0, 0))[1],
+                events=row.get("events", 0),
+                login_successes=row.get("login_successes", 0),
+                file_downloads=row.get("downloads", 0),
+                first_seen=_timestamp(first),
+                last_seen=_timestamp(last),
+                stale=last_ts_us < now - stale_after_us,
+            )
+        )
+    return response
+
+
+def _seen(conn: Connection, window: Window, sensor_id: int) -> tuple[int | None, int | None]:
+    """First and last event time of one sensor in the window (index seeks)."""
+    e = EVENTS.c
+    where = _Scope(window, (sensor_id,)).where(e.ts_us, e.sensor_id)
+    first = conn.execute(select(func.min(e.ts_us)).where(where)).scalar()
+    last = conn.execute(select(func.max(e.ts_us)).where(where)).scalar()
+    return first, last

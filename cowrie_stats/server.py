@@ -1,0 +1,167 @@
+"""Build, start and gracefully stop the gRPC server.
+
+Synchronous ``grpc.server`` with a thread pool: the work per call is a few
+short SQL queries that release the GIL while waiting on the database, and on
+2 cores the thread pool measured faster than grpc.aio for this workload.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cowrie_stats import SERVICE_NAME
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
+from cowrie_stats.db.routing import Router
+from cowrie_stats.db.schema import check_schema
+from cowrie_stats.interceptors import build_interceptors
+from cowrie_stats.servicer import CowrieStatsServicer
+from cowrie_stats.settings import Settings
+from cowrie_stats.validation import Limits
+
+log = logging.getLogger(__name__)
+HEALTH_CHECK_INTERVAL_SECONDS = 2.0
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
+        # Two servers must never silently share a port.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+class StatsServer:
+    """The running service: gRPC server, health reporting and database router."""
+
+    def __init__(self, settings: Settings, router: Router | None = None) -> None:
+        self.settings = settings
+        self.router = router or Router(settings)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._stopping = threading.Event()
+        self._health_thread: threading.Thread | None = None
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+            interceptors=build_interceptors(settings),
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
+        stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(
+            CowrieStatsServicer(self.router, limits, settings.default_deadline_seconds),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (
+            stats_pb2.DESCRIPTOR.services_by_name["CowrieStatsService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self.server)
+        self.port = 0
+
+    def start(self) -> int:
+        """Check the schema, bind, start serving; returns the bound port."""
+        check_schema(self.router.primary.engine)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        credentials = _credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        self.router.start()
+        self.update_health()
+        self.server.start()
+        self._health_thread = threading.Thread(
+            target=self._health_loop, name="db-health", daemon=True
+        )
+        self._health_thread.start()
+        log.info("serving", extra={"address": address, "port": self.port})
+        return self.port
+
+    def update_health(self) -> bool:
+        """SERVING when the database answers, NOT_SERVING otherwise."""
+        if self._stopping.is_set():
+            return False
+        answers = self.router.ping()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if answers
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+        return answers
+
+    def _health_loop(self) -> None:
+        while not self._stopping.wait(HEALTH_CHECK_INTERVAL_SECONDS):
+            self.update_health()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Flip health to NOT_SERVING, let in-flight calls finish, then stop."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"grace_seconds": grace})
+        self.server.stop(grace).wait()
+        self.router.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(settings: Settings, on_started: Callable[[int], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    server = StatsServer(settings)
+    server.start()
+    if on_started is not None:
+        on_started(server.port)
+    done = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not done.wait(0.5):
+        pass
+    started = time.monotonic()
+    server.stop()
+    log.info("stopped", extra={"drain_seconds": round(time.monotonic() - started, 3)})
+    return 0

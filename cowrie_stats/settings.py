@@ -1,0 +1,227 @@
+"""Typed settings read from ``COWRIE_STATS_*`` environment variables.
+
+Every secret-bearing variable has a ``*_FILE`` twin that reads the value from a
+file (Docker and Kubernetes secrets). Values are validated once at start-up;
+a bad value raises :class:`SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+PREFIX = "COWRIE_STATS_"
+DEFAULT_DATABASE_URL = "sqlite:///var/cowrie-stats.db"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime configuration of the service, ingest and CLI."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    replica_urls: tuple[str, ...] = ()
+    grpc_host: str = "[::]"
+    grpc_port: int = 50051
+    log_format: str = "text"
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 10.0
+    max_workers: int = 16
+    max_concurrent_rpcs: int = 64
+    max_message_bytes: int = 1024 * 1024
+    max_replica_lag_seconds: float = 30.0
+    replica_check_interval_seconds: float = 5.0
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_recycle_seconds: int = 1800
+    db_connect_timeout_seconds: int = 5
+    default_deadline_seconds: float = 30.0
+    api_keys_file: str | None = None
+    open_methods_without_key: bool = True
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    metrics_port: int = 0
+    max_sensors_per_request: int = 1000
+    max_window_days: int = 3660
+
+    @property
+    def primary_url(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.primary_url.get_backend_name() == "sqlite"
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with any password masked, safe to log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _raw(env: Mapping[str, str], key: str) -> str | None:
+    """Value of COWRIE_STATS_<key>, or the content of the file named by <key>_FILE."""
+    name = PREFIX + key
+    file_name = name + "_FILE"
+    if name in env and file_name in env:
+        raise SettingsError(f"set either {name} or {file_name}, not both")
+    if file_name in env:
+        return _read_secret_file(file_name, env[file_name])
+    value = env.get(name)
+    return value if value not in (None, "") else None
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int, maximum: int) -> int:
+    raw = _raw(env, key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{key}: expected an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{PREFIX}{key}: {value} is outside {minimum}..{maximum}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float, minimum: float) -> float:
+    raw = _raw(env, key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{key}: expected a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise SettingsError(f"{PREFIX}{key}: {value} is below {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (_raw(env, key) or default).strip()
+    normalised = raw.upper() if key == "LOG_LEVEL" else raw.lower()
+    if normalised not in choices:
+        raise SettingsError(f"{PREFIX}{key}: {raw!r} is not one of {', '.join(choices)}")
+    return normalised
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = _raw(env, key)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{PREFIX}{key}: expected true or false, got {raw!r}")
+
+
+def _database_url(name: str, raw: str, password: str | None) -> str:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(f"{PREFIX}{name}: not a database URL") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise SettingsError(f"{PREFIX}{name}: only sqlite and postgresql are supported")
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is our only driver
+    if password is not None and url.get_backend_name() == "postgresql" and url.password is None:
+        url = url.set(password=password)
+    return url.render_as_string(hide_password=False)
+
+
+def _optional_path(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(PREFIX + key)
+    if value and not Path(value).is_file():
+        raise SettingsError(f"{PREFIX}{key}: {value} is not a readable file")
+    return value or None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate :class:`Settings` from ``env`` (default: os.environ)."""
+    env = dict(os.environ if env is None else env)
+    password = _raw(env, "DATABASE_PASSWORD")
+    primary = _database_url(
+        "DATABASE_URL", _raw(env, "DATABASE_URL") or DEFAULT_DATABASE_URL, password
+    )
+    replicas_raw = _raw(env, "REPLICA_URLS") or ""
+    replicas = tuple(
+        _database_url("REPLICA_URLS", part.strip(), password)
+        for part in replicas_raw.split(",")
+        if part.strip()
+    )
+    if replicas and make_url(primary).get_backend_name() == "sqlite":
+        raise SettingsError(f"{PREFIX}REPLICA_URLS: replicas need a PostgreSQL primary")
+    tls = (_optional_path(env, "TLS_CERT_FILE"), _optional_path(env, "TLS_KEY_FILE"))
+    if (tls[0] is None) != (tls[1] is None):
+        raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+    client_ca = _optional_path(env, "TLS_CLIENT_CA_FILE")
+    if client_ca and tls[0] is None:
+        raise SettingsError(f"{PREFIX}TLS_CLIENT_CA_FILE needs {PREFIX}TLS_CERT_FILE")
+    return Settings(
+        database_url=primary,
+        replica_urls=replicas,
+        grpc_host=_raw(env, "GRPC_HOST") or "[::]",
+        grpc_port=_int(env, "GRPC_PORT", 50051, 0, 65535),
+        log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
+        max_workers=_int(env, "MAX_WORKERS", 16, 1, 1024),
+        max_concurrent_rpcs=_int(env, "MAX_CONCURRENT_RPCS", 64, 1, 100_000),
+        max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
+        max_replica_lag_seconds=_float(env, "MAX_REPLICA_LAG", 30.0, 0.0),
+        replica_check_interval_seconds=_float(env, "REPLICA_CHECK_INTERVAL", 5.0, 0.05),
+        db_pool_size=_int(env, "DB_POOL_SIZE", 5, 1, 1000),
+        db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 5, 0, 1000),
+        db_pool_recycle_seconds=_int(env, "DB_POOL_RECYCLE", 1800, -1, 86400),
+        db_connect_timeout_seconds=_int(env, "DB_CONNECT_TIMEOUT", 5, 1, 600),
+        default_deadline_seconds=_float(env, "DEFAULT_DEADLINE_SECONDS", 30.0, 0.1),
+        api_keys_file=_optional_path(env, "API_KEYS_FILE"),
+        open_methods_without_key=_bool(env, "OPEN_HEALTH_AND_REFLECTION", True),
+        tls_cert_file=tls[0],
+        tls_key_file=tls[1],
+        tls_client_ca_file=client_ca,
+        metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
+        max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
+        max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
+    )
+
+
+def load_env_file(path: Path, env: dict[str, str]) -> None:
+    """Add COWRIE_STATS_* lines of a ``.env`` file to ``env`` (existing values win).
+
+    The file holds secrets, so one readable by group or others is refused.
+    """
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError(
+            f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        if key.startswith(PREFIX):
+            env.setdefault(key, value.strip().strip("\"'"))

@@ -1,0 +1,154 @@
+"""Shared fixtures: databases (SQLite and the throwaway PostgreSQL pair), servers, data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+from pgcluster import PgCluster, find_bin_dir
+from sqlalchemy import Engine, create_engine, text
+
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2_grpc
+from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.schema import upgrade
+from cowrie_stats.ingest.reader import Ingester, IngestSummary
+from cowrie_stats.server import StatsServer
+from cowrie_stats.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+CAPTURES = ("cowrie_2026-04-03.json", "cowrie.json.6.gz", "cowrie.json.2024-04-03")
+
+
+def shared_captures() -> list[Path]:
+    return [SHARED_DATA / name for name in CAPTURES if (SHARED_DATA / name).is_file()]
+
+
+@pytest.fixture(scope="session")
+def captures() -> list[Path]:
+    found = shared_captures()
+    if not found:
+        pytest.skip("../shared/data captures are absent")
+    return found
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    if find_bin_dir() is None:
+        msg = "PostgreSQL server binaries not found (run scripts/ensure-postgres.sh)"
+        if os.environ.get("COWRIE_STATS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cluster = PgCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.teardown()
+
+
+@dataclass(frozen=True)
+class Database:
+    """A migrated, empty database for one test."""
+
+    kind: str
+    url: str
+    replica_url: str | None
+    engine: Engine
+
+    def settings(self, **overrides: object) -> Settings:
+        base = Settings(
+            database_url=self.url,
+            replica_urls=(self.replica_url,) if self.replica_url else (),
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            replica_check_interval_seconds=0.2,
+            shutdown_grace_seconds=5.0,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def ingest(self, paths: list[Path | str], **kwargs: object) -> IngestSummary:
+        return Ingester(self.engine, **kwargs).ingest([str(p) for p in paths])  # type: ignore[arg-type]
+
+
+def _fresh_pg_database(cluster: PgCluster) -> tuple[str, str]:
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(cluster.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER cowrie'))
+    admin.dispose()
+    return (
+        cluster.primary_url.rsplit("/", 1)[0] + "/" + name,
+        cluster.replica_url.rsplit("/", 1)[0] + "/" + name,
+    )
+
+
+def make_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Database:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'stats.db'}"
+        replica = None
+    else:
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        url, replica = _fresh_pg_database(cluster)
+    engine = create_db_engine(url, Settings(database_url=url))
+    upgrade(engine)
+    return Database(kind, url, replica, engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    database = make_database(request.param, tmp_path, request)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    database = make_database("sqlite", tmp_path, request)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def pg_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    database = make_database("postgresql", tmp_path, request)
+    yield database
+    database.engine.dispose()
+
+
+@dataclass
+class RunningServer:
+    server: StatsServer
+    channel: grpc.Channel
+    stub: stats_pb2_grpc.CowrieStatsServiceStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+StartServer = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def start_server() -> Iterator[StartServer]:
+    """Start a real StatsServer on a free loopback port; stopped after the test."""
+    started: list[RunningServer] = []
+
+    def start(settings: Settings) -> RunningServer:
+        server = StatsServer(settings)
+        server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        running = RunningServer(server, channel, stats_pb2_grpc.CowrieStatsServiceStub(channel))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.channel.close()
+        running.server.stop(grace=0)
