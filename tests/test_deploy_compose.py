@@ -1,0 +1,247 @@
+"""Static checks of docker-compose.yml, .env.example and the compose helper scripts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_tools import (
+    COMPOSE_FILE,
+    DEPLOY_DIR,
+    GRPC_PORT,
+    REPO_ROOT,
+    SERVICE_ENV_VARS,
+    load_yaml,
+    run,
+    tool,
+)
+
+COMPOSE_DIR = DEPLOY_DIR / "compose"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+APP_SERVICES = ("migrate", "api", "ingest")
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|API_KEY", re.IGNORECASE)
+CREDENTIALS_IN_URL = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE_FILE)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.partition("=")[::2] for item in env)
+    assert isinstance(env, dict)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    checker = tool("check-jsonschema")
+    result = run([checker, "--builtin-schema", "vendor.compose-spec", COMPOSE_FILE])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok -- validation done" in result.stdout
+
+
+def test_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"postgres", "postgres-replica", "migrate", "api", "ingest"}
+    assert "redis" not in services
+
+
+def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
+    def conditions(name: str) -> dict[str, str]:
+        depends = services[name].get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: use the long depends_on syntax"
+        return {dep: spec["condition"] for dep, spec in depends.items()}
+
+    assert conditions("postgres") == {}
+    assert conditions("postgres-replica") == {"postgres": "service_healthy"}
+    assert conditions("migrate") == {"postgres": "service_healthy"}
+    api = conditions("api")
+    assert api["postgres"] == "service_healthy"
+    assert api["migrate"] == "service_completed_successfully"
+    assert api.get("postgres-replica") == "service_healthy"
+    assert conditions("ingest") == {
+        "postgres": "service_healthy",
+        "migrate": "service_completed_successfully",
+    }
+
+
+def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("postgres", "postgres-replica"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "pg_isready"], name
+    api_test = services["api"]["healthcheck"]["test"]
+    assert api_test[:3] == ["CMD", "cowrie-stats", "healthcheck"]
+    for name in ("migrate", "ingest"):
+        assert services[name]["healthcheck"] == {"disable": True}
+        assert services[name]["restart"] == "no", f"{name} is a one-shot job"
+
+
+def test_commands(services: dict[str, dict[str, Any]]) -> None:
+    assert services["api"]["command"] == ["serve"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["ingest"]["command"][0] == "ingest"
+    for name in APP_SERVICES:
+        build = services[name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        assert build["context"] == "."
+
+
+def parse_port(entry: Any) -> tuple[str, str, str]:
+    """(host_ip, published, target) of a short or long syntax port entry."""
+    if isinstance(entry, dict):
+        return (
+            str(entry.get("host_ip", "")),
+            str(entry.get("published", "")),
+            str(entry.get("target", "")),
+        )
+    text = str(entry).split("/")[0]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]:")
+        published, _, target = rest.partition(":")
+        return host, published, target
+    parts = text.split(":")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    if len(parts) == 2:
+        return "", parts[0], parts[1]
+    return "", "", parts[0]
+
+
+def test_only_grpc_published_and_only_on_localhost(services: dict[str, dict[str, Any]]) -> None:
+    published: dict[str, list[tuple[str, str, str]]] = {}
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", name
+        ports = [parse_port(p) for p in service.get("ports", [])]
+        if ports:
+            published[name] = ports
+    assert published == {"api": [("127.0.0.1", str(GRPC_PORT), str(GRPC_PORT))]}
+
+
+def test_no_secret_in_the_compose_file(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert not CREDENTIALS_IN_URL.search(text), "a URL carries a password"
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_WORDS.search(key):
+                assert key.endswith("_FILE"), f"{name}: {key} must be a *_FILE variable"
+                assert value.startswith("/run/secrets/"), f"{name}: {key}={value}"
+    secret_dir = (COMPOSE_DIR / "secrets").resolve()
+    for name, secret in compose["secrets"].items():
+        assert set(secret) == {"file"}, f"secret {name} must come from a file"
+        path = (REPO_ROOT / secret["file"]).resolve()
+        assert path.parent == secret_dir, f"secret {name} outside {secret_dir}"
+
+
+def test_secret_files_are_gitignored() -> None:
+    ignore = (COMPOSE_DIR / "secrets" / ".gitignore").read_text(encoding="utf-8").splitlines()
+    rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    assert set(rules[1:]) <= {"!.gitignore", "!README.md"}
+
+
+def test_app_containers_are_locked_down(services: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        env = environment(service)
+        assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
+        assert env["COWRIE_STATS_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert "postgres-replica" in env["COWRIE_STATS_REPLICA_URLS"]
+    ingest_volumes = services["ingest"]["volumes"]
+    assert len(ingest_volumes) == 1
+    assert ingest_volumes[0].endswith(":/var/log/cowrie:ro")
+
+
+def test_streaming_replica_bootstraps_with_pg_basebackup(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    replica = services["postgres-replica"]
+    script = COMPOSE_DIR / "replica-entrypoint.sh"
+    mount = f"./{script.relative_to(REPO_ROOT)}:/usr/local/bin/replica-entrypoint.sh:ro"
+    assert mount in replica["volumes"]
+    assert replica["entrypoint"] == ["/usr/local/bin/replica-entrypoint.sh"]
+    text = script.read_text(encoding="utf-8")
+    assert "pg_basebackup" in text
+    assert "--write-recovery-conf" in text
+    assert 'exec docker-entrypoint.sh "$@"' in text
+    assert replica["image"] == services["postgres"]["image"]
+    assert (
+        "./deploy/compose/initdb:/docker-entrypoint-initdb.d:ro"
+        in (services["postgres"]["volumes"])
+    )
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = tool("shellcheck")
+    scripts = sorted(COMPOSE_DIR.rglob("*.sh"))
+    assert scripts
+    result = run([shellcheck, "--severity=style", *scripts])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def env_example_entries() -> dict[str, tuple[str, bool, str]]:
+    """NAME -> (value, active, comment above) for every ``NAME=`` line of .env.example."""
+    entries: dict[str, tuple[str, bool, str]] = {}
+    previous_comment = ""
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"(# )?([A-Z][A-Z0-9_]*)=(.*)", line)
+        if match:
+            entries[match.group(2)] = (match.group(3), match.group(1) is None, previous_comment)
+            previous_comment = ""
+        elif line.startswith("# ") and not line.startswith("# ---"):
+            previous_comment = line[2:].strip()
+        else:
+            previous_comment = ""
+    return entries
+
+
+def test_env_example_documents_every_setting() -> None:
+    entries = env_example_entries()
+    missing = [name for name in SERVICE_ENV_VARS if name not in entries]
+    assert not missing, f".env.example lacks {missing}"
+    for name, (_, _, comment) in entries.items():
+        assert comment, f"{name} needs a one-line comment above it"
+
+
+def test_env_example_covers_every_interpolated_variable() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    entries = env_example_entries()
+    assert interpolated <= {name for name, (_, active, _) in entries.items() if active}
+
+
+def test_env_example_holds_no_secret() -> None:
+    for name, (value, active, _) in env_example_entries().items():
+        if SECRET_WORDS.search(name) and not name.endswith("_FILE"):
+            assert (active, value) == (False, ""), f"{name} must stay commented out and empty"
+
+
+def test_env_file_is_optional_for_app_services(services: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES:
+        assert services[name]["env_file"] == [{"path": ".env", "required": False}]
+
+
+def test_compose_scripts_exist_and_are_executable() -> None:
+    for script in (
+        COMPOSE_DIR / "replica-entrypoint.sh",
+        COMPOSE_DIR / "initdb" / "10-cowrie-stats-roles.sh",
+    ):
+        assert script.is_file()
+        assert Path(script).stat().st_mode & 0o111, f"{script} must be executable"
