@@ -206,9 +206,13 @@ class IngestCursor(Base):
     __tablename__ = "ingest_cursors"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    # Identity of the file content: hash of its first bytes (survives renames
-    # by rotation), plus the path and inode seen last, for operators.
+    # Identity of the file content: hash of its first line (stable while the
+    # file grows, and across renames by rotation or gzip), plus the path and
+    # inode seen last, for operators.
     head_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # Hash of the bytes just before ``offset``: a file that shares the first
+    # line but not the content up to the cursor is read from the start.
+    tail_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     path: Mapped[str] = mapped_column(Text)
     inode: Mapped[int | None] = mapped_column(BigInteger)
     compressed: Mapped[bool] = mapped_column(Boolean)

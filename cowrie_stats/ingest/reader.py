@@ -1,13 +1,16 @@
 """Read log sources (files, .gz, directories, stdin) in batches, resuming from cursors.
 
-A file's cursor is keyed by a hash of its first bytes (decompressed), so a file
-renamed by rotation, or gzipped after it was read, resumes where it stopped.
+A file's cursor is keyed by a hash of its first line (decompressed), so a file
+that grows, is renamed by rotation, or is gzipped after it was read resumes
+where it stopped; a hash of the bytes just before the cursor guards against a
+different file that happens to share the first line (it is read from the start).
 The cursor is committed in the same transaction as the batch it covers: a run
 killed at any point resumes with exactly the totals of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -90,8 +93,12 @@ def _open(path: str) -> tuple[BinaryIO, bool]:
 def _head_hash(path: str) -> bytes:
     stream, _ = _open(path)
     with stream:
-        head = stream.read(HEAD_BYTES)
+        head = stream.readline(HEAD_BYTES)
     return hashlib.sha256(head).digest()
+
+
+def _tail_hash(tail: bytes) -> bytes:
+    return hashlib.sha256(tail[-HEAD_BYTES:]).digest()
 
 
 @dataclass
@@ -135,8 +142,13 @@ class Ingester:
             saved = load_cursor(conn, head)
         stream, compressed = _open(path)
         with stream:
-            offset, line_no = saved or (0, 0)
-            _skip(stream, offset)
+            offset, line_no, tail = 0, 0, b""
+            if saved is not None:
+                skipped = _skip(stream, saved[0])
+                if _tail_hash(skipped) == saved[2]:
+                    offset, line_no, tail = saved[0], saved[1], skipped
+                else:
+                    stream.seek(0)  # same first line, other content: read it all
             cursor = CursorState(
                 head_hash=head,
                 path=os.path.abspath(path),
@@ -144,6 +156,7 @@ class Ingester:
                 compressed=compressed,
                 offset=offset,
                 line_no=line_no,
+                tail_hash=_tail_hash(tail),
             )
             self._ingest_stream(stream, path, cursor)
 
@@ -152,6 +165,7 @@ class Ingester:
         # may still be being written, so it is read again next time.
         offset = cursor.offset if cursor else 0
         line_no = cursor.line_no if cursor else 0
+        last_line = b""
         batch = _Batch()
         for line in stream:
             complete = line.endswith(b"\n")
@@ -160,10 +174,11 @@ class Ingester:
             if complete:
                 offset += len(line)
                 line_no += 1
+                last_line = line
             if batch.lines >= self.batch_lines:
-                self._flush(batch, cursor, offset, line_no)
+                self._flush(batch, cursor, offset, line_no, last_line)
                 batch = _Batch()
-        self._flush(batch, cursor, offset, line_no)
+        self._flush(batch, cursor, offset, line_no, last_line)
 
     def _parse_into(
         self, batch: _Batch, line: bytes, source: str, line_no: int, complete: bool
@@ -181,13 +196,23 @@ class Ingester:
         else:
             batch.events.append(event)
 
-    def _flush(self, batch: _Batch, cursor: CursorState | None, offset: int, line_no: int) -> None:
+    def _flush(
+        self,
+        batch: _Batch,
+        cursor: CursorState | None,
+        offset: int,
+        line_no: int,
+        last_line: bytes,
+    ) -> None:
         if not batch.lines:
             return
         state = None
         if cursor is not None:
-            state = CursorState(
-                cursor.head_hash, cursor.path, cursor.inode, cursor.compressed, offset, line_no
+            # The tail is the last complete line (at most HEAD_BYTES of it); on
+            # resume the same bytes must precede the stored offset.
+            tail = last_line if last_line else b""
+            state = dataclasses.replace(
+                cursor, offset=offset, line_no=line_no, tail_hash=_tail_hash(tail)
             )
         with self.engine.begin() as conn:
             result = BatchWriter(conn).write(batch.events, batch.dead, state)
@@ -199,15 +224,30 @@ class Ingester:
             self.progress(self.summary)
 
 
-def _skip(stream: BinaryIO, offset: int) -> None:
+def _skip(stream: BinaryIO, offset: int) -> bytes:
+    """Move to ``offset``; returns the last line before it (what the cursor hashed)."""
     if offset <= 0:
-        return
+        return b""
+    window = 2 * HEAD_BYTES
     if isinstance(stream, io.BufferedReader | io.FileIO):
-        stream.seek(offset)
-        return
-    remaining = offset
-    while remaining:
-        chunk = stream.read(min(remaining, 1 << 20))
-        if not chunk:
-            break
-        remaining -= len(chunk)
+        start = max(0, offset - window)
+        stream.seek(start)
+        before = stream.read(offset - start)
+    else:
+        before = b""
+        remaining = offset
+        while remaining:
+            chunk = stream.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            before = (before + chunk)[-window:]
+    return _last_line(before)
+
+
+def _last_line(data: bytes) -> bytes:
+    """The last newline-terminated line of ``data`` (possibly cut at its start)."""
+    if not data.endswith(b"\n"):
+        return b"\x00"  # the offset is not at a line end: never matches a stored tail
+    cut = data.rfind(b"\n", 0, len(data) - 1)
+    return data[cut + 1 :]

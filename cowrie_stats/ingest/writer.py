@@ -31,7 +31,6 @@ from cowrie_stats.db.models import (
     SENSORS,
     SESSIONS,
     Event,
-    IngestCursor,
     Sensor,
 )
 from cowrie_stats.ingest.parse import (
@@ -68,6 +67,7 @@ class CursorState:
     compressed: bool
     offset: int
     line_no: int
+    tail_hash: bytes
 
 
 @dataclass
@@ -368,12 +368,13 @@ class BatchWriter:
         self.conn.execute(stmt, [values])
 
 
-def load_cursor(conn: Connection, head_hash: bytes) -> tuple[int, int] | None:
-    """(offset, line_no) stored for a file whose head hashes to ``head_hash``."""
+def load_cursor(conn: Connection, head_hash: bytes) -> tuple[int, int, bytes] | None:
+    """(offset, line_no, tail_hash) stored for a file whose first line hashes to ``head_hash``."""
+    c = INGEST_CURSORS.c
     row = conn.execute(
-        select(IngestCursor.offset, IngestCursor.line_no).where(IngestCursor.head_hash == head_hash)
+        select(c.offset, c.line_no, c.tail_hash).where(c.head_hash == head_hash)
     ).first()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def _new_session(key: tuple[int, str], e: ParsedEvent) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 17:10:47.789468
+Create Date: 2026-11-25 17:20:57.934975
 """
 
 from collections.abc import Sequence
@@ -34,6 +34,7 @@ def upgrade() -> None:
         "ingest_cursors",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("head_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("tail_hash", sa.LargeBinary(length=32), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("inode", sa.BigInteger(), nullable=True),
         sa.Column("compressed", sa.Boolean(), nullable=False),

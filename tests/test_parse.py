@@ -1,0 +1,186 @@
+"""Parsing of the quirks real Cowrie logs contain, one case each, plus fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cowrie_stats.ingest.parse import (
+    MAX_RAW_CHARS,
+    UnusableLineError,
+    dead_letter_text,
+    normalise_ip,
+    parse_line,
+    parse_timestamp,
+)
+
+BASE = {
+    "eventid": "cowrie.session.connect",
+    "session": "abc123",
+    "timestamp": "2024-04-03T00:30:59.123456Z",
+    "sensor": "s1",
+    "src_ip": "203.0.113.5",
+}
+
+
+def line(**fields: object) -> bytes:
+    return json.dumps({**BASE, **fields}).encode()
+
+
+def test_timestamps_with_offsets_are_the_same_instant() -> None:
+    utc = parse_line(line(timestamp="2024-04-03T00:30:59Z"))
+    offset = parse_line(line(timestamp="2024-04-03T02:30:59+0200"))
+    colon = parse_line(line(timestamp="2024-04-03T02:30:59.000000+02:00"))
+    assert utc is not None and offset is not None and colon is not None
+    assert utc.ts_us == offset.ts_us == colon.ts_us
+    assert utc.hash == offset.hash == colon.hash  # same event, counted once
+
+
+def test_naive_timestamp_is_utc() -> None:
+    assert parse_timestamp("2024-04-03T00:00:00") == parse_timestamp("2024-04-03T00:00:00Z")
+
+
+def test_nul_padding_and_nul_in_strings_are_removed() -> None:
+    raw = b"\x00\x00\x00" + line(username="ro\x00ot", eventid="cowrie.login.failed") + b"\x00"
+    event = parse_line(raw)
+    assert event is not None
+    assert event.username == "root"
+    assert "\\u0000" not in event.raw and "\x00" not in event.raw
+
+
+def test_nul_only_line_is_blank() -> None:
+    assert parse_line(b"\x00" * 100) is None
+    assert parse_line(b"   \n") is None
+
+
+def test_duration_forms() -> None:
+    closed = {"eventid": "cowrie.session.closed"}
+    as_float = parse_line(line(**closed, duration=1.5))
+    as_string = parse_line(line(**closed, duration="301.8"))
+    as_ms = parse_line(line(**closed, duration_ms=2500))
+    missing = parse_line(line(**closed))
+    garbage = parse_line(line(**closed, duration="n/a"))
+    assert as_float is not None and as_float.duration_s == 1.5
+    assert as_string is not None and as_string.duration_s == 301.8
+    assert as_ms is not None and as_ms.duration_s == 2.5
+    assert missing is not None and missing.duration_s is None
+    assert garbage is not None and garbage.duration_s is None
+
+
+def test_list_valued_message_is_kept() -> None:
+    event = parse_line(line(eventid="cowrie.session.params", message=[]))
+    assert event is not None and '"message":[]' in event.raw
+
+
+def test_ipv6_is_canonical_and_hostnames_in_dst_ip_are_fine() -> None:
+    event = parse_line(line(src_ip="2001:DB8:0:0::1", dst_ip="ip-who.com"))
+    assert event is not None and event.src_ip == "2001:db8::1"
+    assert normalise_ip("[::1]") == "::1"
+    assert normalise_ip("not-an-ip") == "not-an-ip"
+    assert normalise_ip("") is None
+
+
+def test_protocol_only_on_connect() -> None:
+    connect = parse_line(line(protocol="TELNET"))
+    other = parse_line(line(eventid="cowrie.client.version", protocol="ssh", version="SSH-2.0-Go"))
+    assert connect is not None and connect.protocol == "telnet"
+    assert other is not None and other.protocol is None and other.client_version == "SSH-2.0-Go"
+
+
+def test_download_without_url_and_with_empty_shasum() -> None:
+    redirect = parse_line(line(eventid="cowrie.session.file_download", shasum="ab", destfile="x"))
+    empty = parse_line(line(eventid="cowrie.session.file_download", shasum="", url="http://x/"))
+    failed = parse_line(line(eventid="cowrie.session.file_download", url="http://x/"))
+    assert redirect is not None and redirect.shasum == "ab" and redirect.url is None
+    assert empty is not None and empty.shasum == ""
+    assert failed is not None and failed.shasum is None
+
+
+def test_cowrie_1x_names() -> None:
+    event = parse_line(
+        json.dumps(
+            {
+                "eventid": "KIPP0001",
+                "session": "s",
+                "timestamp": "2015-02-25T10:00:00.000000Z",
+                "peerIP": "198.51.100.1",
+            }
+        )
+    )
+    assert event is not None
+    assert event.eventid == "cowrie.session.connect" and event.src_ip == "198.51.100.1"
+    version = parse_line(line(eventid="cowrie.client.version", version="'SSH-2.0-libssh'"))
+    assert version is not None and version.client_version == "SSH-2.0-libssh"
+
+
+def test_missing_sensor_uses_default_then_unknown() -> None:
+    no_sensor = {k: v for k, v in BASE.items() if k != "sensor"}
+    raw = json.dumps(no_sensor)
+    given_sensor = parse_line(raw, default_sensor="honeypot-7")
+    unknown = parse_line(raw)
+    assert given_sensor is not None and given_sensor.sensor == "honeypot-7"
+    assert unknown is not None and unknown.sensor == "unknown"
+    assert given_sensor.hash != unknown.hash
+
+
+def test_event_sensor_wins_over_default() -> None:
+    event = parse_line(line(), default_sensor="other")
+    assert event is not None and event.sensor == "s1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"eventid": "cowrie.session.connect", "sess', "not valid JSON"),
+        (b"[1, 2, 3]", "not an object"),
+        (b"hello world", "not valid JSON"),
+        (json.dumps({**BASE, "eventid": 5}).encode(), "eventid"),
+        (json.dumps({k: v for k, v in BASE.items() if k != "session"}).encode(), "session"),
+        (json.dumps({**BASE, "timestamp": "yesterday"}).encode(), "timestamp"),
+        (json.dumps({**BASE, "timestamp": None}).encode(), "timestamp"),
+    ],
+)
+def test_unusable_lines_have_reasons(raw: bytes, reason: str) -> None:
+    with pytest.raises(UnusableLineError, match=reason):
+        parse_line(raw)
+
+
+def test_invalid_utf8_and_lone_surrogates_become_replacement_characters() -> None:
+    raw = line(eventid="cowrie.command.input", input="x").replace(b'"x"', b'"\xff\xfe"')
+    event = parse_line(raw)
+    assert event is not None and event.command == "\ufffd\ufffd"
+    surrogate = parse_line(
+        line(eventid="cowrie.command.input").replace(b"}", b', "input": "\\ud800"}')
+    )
+    assert surrogate is not None and surrogate.command == "?"
+
+
+def test_dead_letter_text_is_truncated_and_nul_free() -> None:
+    text = dead_letter_text(b"\x00" + b"a" * (MAX_RAW_CHARS + 10))
+    assert text.startswith("a") and text.endswith("[truncated]")
+    assert len(text) < MAX_RAW_CHARS + 20
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash(raw: bytes) -> None:
+    with contextlib.suppress(UnusableLineError):
+        parse_line(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["eventid", "session", "timestamp", "sensor", "src_ip", "duration", "input"]
+        ),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+    )
+)
+def test_random_objects_never_crash(fields: dict[str, object]) -> None:
+    with contextlib.suppress(UnusableLineError):
+        parse_line(json.dumps(fields))
