@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -12,9 +11,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cowrie_stats import SERVICE_NAME, __version__
 from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_settings, redact_url
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("cowrie_stats")
 
@@ -36,11 +39,7 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from cowrie_stats.server import serve
 
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port)
-    return serve(settings)
+    return serve(settings)  # also serves metrics when COWRIE_STATS_METRICS_PORT is set
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,12 +114,35 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
 
 
+def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the healthcheck client, or None for plaintext."""
+    import grpc
+
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
+    key = Path(args.tls_key).read_bytes() if args.tls_key else None
+    return grpc.ssl_channel_credentials(ca, key, cert)
+
+
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     address = args.address or f"localhost:{settings.grpc_port}"
-    with grpc.insecure_channel(address) as channel:
+    credentials = _channel_credentials(args)
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
@@ -135,11 +157,14 @@ def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hash_key(args: argparse.Namespace, settings: Settings) -> int:
-    key = sys.stdin.readline().strip()
-    if len(key) < 16:
-        print("error: give an API key of at least 16 characters on stdin", file=sys.stderr)
+    from cowrie_stats.auth import key_line
+
+    try:
+        line = key_line(args.name, sys.stdin.readline())
+    except ValueError as error:
+        print(f"error: {error} (the key is read from stdin)", file=sys.stderr)
         return 2
-    print(f"{args.name}:{hashlib.sha256(key.encode()).hexdigest()}")
+    print(line)
     return 0
 
 
@@ -181,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--address", help="HOST:PORT (default localhost:$COWRIE_STATS_GRPC_PORT)")
     check.add_argument("--timeout", type=float, default=3.0)
     check.add_argument("--service", default=SERVICE_NAME)
+    check.add_argument("--tls", action="store_true", help="use TLS, trusting the system CAs")
+    check.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this CA (PEM)")
+    check.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mTLS")
+    check.add_argument("--tls-key", metavar="FILE", help="client private key (PEM) for mTLS")
+    check.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify in the server certificate"
+    )
     check.set_defaults(func=cmd_healthcheck)
 
     hash_key = sub.add_parser("hash-key", help="hash an API key read from stdin for the keys file")
@@ -206,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
+    except SettingsError as error:  # raised at start-up, e.g. a malformed API keys file
+        print(f"cowrie-stats: configuration error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:
         from cowrie_stats.db.schema import SchemaError
 

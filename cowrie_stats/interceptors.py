@@ -5,21 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from cowrie_stats import metrics
+from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
 from cowrie_stats.settings import Settings
 
 log = logging.getLogger("cowrie_stats.access")
-
-if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
-    Interceptor = grpc.ServerInterceptor[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    Interceptor = grpc.ServerInterceptor
-    Handler = grpc.RpcMethodHandler
 
 
 def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
@@ -30,7 +24,12 @@ def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
 
 
 class AccessLogInterceptor(Interceptor):
-    """Logs method, status code and duration of every unary call; counts them."""
+    """Logs method, status code, duration and API key name of every unary call; counts them.
+
+    It is the outermost interceptor, so calls refused by the API key check are
+    logged and counted too. The key's name is read from :data:`auth.CALLER`,
+    which the API key interceptor sets in the thread serving the call.
+    """
 
     def intercept_service(
         self,
@@ -47,6 +46,7 @@ class AccessLogInterceptor(Interceptor):
             started = time.perf_counter()
             metrics.STARTED.labels(method).inc()
             failed = False
+            token = CALLER.set(None)  # pool threads are reused: forget the last caller
             try:
                 return inner(request, context)
             except BaseException:
@@ -57,14 +57,16 @@ class AccessLogInterceptor(Interceptor):
                 code = _code_of(context, failed)
                 metrics.HANDLED.labels(method, code.name).inc()
                 metrics.HANDLING.labels(method).observe(elapsed)
-                log.info(
-                    "rpc",
-                    extra={
-                        "method": method,
-                        "code": code.name,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+                extra: dict[str, Any] = {
+                    "method": method,
+                    "code": code.name,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+                caller = CALLER.get()
+                if caller is not None:
+                    extra["api_key_name"] = caller
+                CALLER.reset(token)
+                log.info("rpc", extra=extra)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
@@ -74,5 +76,12 @@ class AccessLogInterceptor(Interceptor):
 
 
 def build_interceptors(settings: Settings) -> list[Interceptor]:
+    """Access log first (outermost, so refused calls are logged), then API keys.
+
+    Raises SettingsError when the API keys file is unreadable or malformed.
+    """
     interceptors: list[Interceptor] = [AccessLogInterceptor()]
+    auth = build_auth_interceptor(settings.api_keys_file, settings.open_methods_without_key)
+    if auth is not None:
+        interceptors.append(auth)
     return interceptors

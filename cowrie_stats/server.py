@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cowrie_stats import SERVICE_NAME
+from cowrie_stats import SERVICE_NAME, metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
@@ -90,6 +90,7 @@ class StatsServer:
         )
         reflection.enable_server_reflection(names, self.server)
         self.port = 0
+        self.metrics_server: metrics.MetricsServer | None = None
 
     def start(self) -> int:
         """Check the schema, bind, start serving; returns the bound port."""
@@ -104,6 +105,11 @@ class StatsServer:
             raise OSError(f"cannot bind {address}")
         self.router.start()
         self.update_health()
+        metrics.DATABASE.track(self.router)
+        if self.settings.metrics_port:
+            host = self.settings.metrics_host
+            self.metrics_server = metrics.MetricsServer(host, self.settings.metrics_port)
+            log.info("metrics", extra={"address": f"{host}:{self.metrics_server.port}"})
         self.server.start()
         self._health_thread = threading.Thread(
             target=self._health_loop, name="db-health", daemon=True
@@ -139,6 +145,9 @@ class StatsServer:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        metrics.DATABASE.untrack(self.router)
         self.router.close()
 
     def wait(self) -> None:

@@ -51,6 +51,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods; fenced by policy
     max_sensors_per_request: int = 1000
     max_window_days: int = 3660
 
@@ -201,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=tls[1],
         tls_client_ca_file=client_ca,
         metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
+        metrics_host=_raw(env, "METRICS_HOST") or "0.0.0.0",  # noqa: S104
         max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
     )

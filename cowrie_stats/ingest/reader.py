@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from sqlalchemy import Engine
 
+from cowrie_stats import metrics
 from cowrie_stats.ingest.parse import (
     ParsedEvent,
     UnusableLineError,
@@ -219,6 +220,9 @@ class Ingester:
         self.summary.events_stored += result.stored
         self.summary.duplicates_skipped += result.duplicates
         self.summary.dead_lettered += result.dead_lettered
+        metrics.INGESTED_EVENTS.inc(result.stored)
+        metrics.INGEST_DUPLICATES.inc(result.duplicates)
+        metrics.INGEST_DEAD_LETTERED.inc(result.dead_lettered)
         if self.progress is not None:
             self.summary.seconds = time.monotonic() - self._started
             self.progress(self.summary)

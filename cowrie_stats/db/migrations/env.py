@@ -1,23 +1,19 @@
-"""Alembic environment: runs migrations on the connection or URL it is given."""
+"""Alembic environment: runs migrations on the connection cowrie_stats.db.schema hands it.
+
+There is no alembic.ini: ``cowrie-stats migrate`` is the way to migrate, so the
+URL, credentials and engine options come from the same settings as everything else.
+"""
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from cowrie_stats.db.models import Base
 
-config = context.config
-connection = config.attributes.get("connection")
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations with `cowrie-stats migrate`")
 
-if connection is not None:
-    context.configure(connection=connection, target_metadata=Base.metadata)
-    with context.begin_transaction():
-        context.run_migrations()
-else:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
-    with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=Base.metadata)
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+context.configure(connection=connection, target_metadata=Base.metadata)
+with context.begin_transaction():
+    context.run_migrations()

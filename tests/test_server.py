@@ -1,0 +1,287 @@
+"""The real server: reflection, health, shutdown drain, deadlines, limits and error mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from conftest import REPO, Database, RunningServer, StartServer
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_status import rpc_status
+from sqlalchemy import create_engine, text
+
+from cowrie_stats import SERVICE_NAME, queries
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+from cowrie_stats.db.schema import SchemaError
+from cowrie_stats.sample import write_sample
+from cowrie_stats.server import StatsServer
+
+
+@pytest.fixture
+def loaded(sqlite_db: Database, tmp_path: Path) -> Database:
+    sample = tmp_path / "cowrie.json"
+    write_sample(sample)
+    sqlite_db.ingest([sample])
+    return sqlite_db
+
+
+def test_client_built_from_reflection_alone(loaded: Database, start_server: StartServer) -> None:
+    running = start_server(loaded.settings())
+    database = ProtoReflectionDescriptorDatabase(running.channel)
+    assert SERVICE_NAME in database.get_services()
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName(SERVICE_NAME)
+    method = service.FindMethodByName("GetSessionStats")
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    call = running.channel.unary_unary(
+        f"/{SERVICE_NAME}/GetSessionStats",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    reply = call(request_class(), timeout=10)
+    expected = running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest())
+    assert reply.total_sessions == expected.total_sessions == 240
+    assert reply.login_attempts == expected.login_attempts
+
+
+def _buf() -> str | None:
+    local = REPO / ".tools" / "node_modules" / ".bin" / "buf"
+    return str(local) if local.exists() else shutil.which("buf")
+
+
+def test_buf_curl_with_reflection(loaded: Database, start_server: StartServer) -> None:
+    buf = _buf()
+    if buf is None:
+        if os.environ.get("COWRIE_STATS_REQUIRE_TOOLS") == "1":
+            pytest.fail("buf is not installed (make tools)")
+        pytest.skip("buf is not installed")
+    running = start_server(loaded.settings())
+    result = subprocess.run(
+        [
+            buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
+            "--data", '{"top_n": 2}',
+            f"http://{running.address}/{SERVICE_NAME}/GetThreatStats",
+        ],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    reply = json.loads(result.stdout)
+    assert len(reply["topUsernames"]) == 2
+    assert int(reply["uniqueSourceIps"]) == 5
+
+
+def test_health_serving_for_both_names(loaded: Database, start_server: StartServer) -> None:
+    running = start_server(loaded.settings())
+    health = health_pb2_grpc.HealthStub(running.channel)
+    for name in ("", SERVICE_NAME):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_refuses_unmigrated_and_newer_schema(tmp_path: Path, loaded: Database) -> None:
+    empty = tmp_path / "empty.db"
+    with pytest.raises(SchemaError, match="not migrated"):
+        StatsServer(loaded.settings(database_url=f"sqlite:///{empty}")).start()
+    with loaded.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffffffff'"))
+    with pytest.raises(SchemaError, match="newer"):
+        StatsServer(loaded.settings()).start()
+
+
+def test_port_cannot_be_shared(loaded: Database, start_server: StartServer) -> None:
+    running = start_server(loaded.settings())
+    with pytest.raises(RuntimeError):
+        StatsServer(loaded.settings(grpc_port=running.server.port)).start()
+
+
+def test_unexpected_error_is_internal_without_details(
+    loaded: Database, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug cannot be caused for real; this is the one fault that is simulated.
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("SELECT secret FROM somewhere")
+
+    monkeypatch.setattr(queries, "session_stats", broken)
+    running = start_server(loaded.settings())
+    with pytest.raises(grpc.RpcError) as caught:
+        running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest())
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+    status = rpc_status.from_call(cast(grpc.Call, caught.value))
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert len(info.metadata["request_id"]) == 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+    environment = {
+        **os.environ,
+        "COWRIE_STATS_DATABASE_URL": url,
+        "COWRIE_STATS_GRPC_HOST": "127.0.0.1",
+        "COWRIE_STATS_GRPC_PORT": str(port),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cowrie_stats.cli", "serve"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cowrie_stats.cli",
+                "healthcheck",
+                "--address",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            env=environment,
+        )
+        if check.returncode == 0:
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(proc.communicate()[0].decode())
+
+
+def test_sigterm_exits_zero(loaded: Database) -> None:
+    proc = _serve(loaded.url, _free_port(), COWRIE_STATS_LOG_FORMAT="json")
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "stopped" for line in lines)
+
+
+@contextmanager
+def table_locked(url: str, table: str) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock so queries on ``table`` wait: a real slow query."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        yield
+        conn.rollback()
+    engine.dispose()
+
+
+def _waiting_queries(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cowrie-stats'"
+                " AND state = 'active' AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def _wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_sigterm_drains_a_slow_call(pg_db: Database) -> None:
+    port = _free_port()
+    proc = _serve(pg_db.url, port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = __import__("cowrie_stats._gen.cowrie.stats.v1.stats_pb2_grpc", fromlist=["x"])
+    client = stub.CowrieStatsServiceStub(channel)
+    with ThreadPoolExecutor(1) as pool, table_locked(pg_db.url, "sessions"):
+        future: Future[Any] = pool.submit(
+            client.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
+        )
+        _wait_until(lambda: _waiting_queries(pg_db.url) == 1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the call is still in flight, the server is draining
+        assert proc.poll() is None and not future.done()
+    reply = future.result(timeout=10)  # the lock is gone: the call completes
+    assert reply.total_sessions == 0
+    assert proc.wait(timeout=20) == 0
+    channel.close()
+
+
+def test_deadline_cancels_the_query_on_postgresql(
+    pg_db: Database, start_server: StartServer
+) -> None:
+    running = start_server(pg_db.settings(replica_urls=()))
+    with table_locked(pg_db.url, "sessions"):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest(), timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 2
+        # The statement timeout cancelled the query on the server too.
+        _wait_until(lambda: _waiting_queries(pg_db.url) == 0, timeout=3)
+
+
+def test_excess_concurrent_calls_get_resource_exhausted(
+    pg_db: Database, start_server: StartServer
+) -> None:
+    running = start_server(pg_db.settings(max_concurrent_rpcs=2, replica_urls=()))
+    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "sessions"):
+        slow = [
+            pool.submit(
+                running.stub.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
+            )
+            for _ in range(2)
+        ]
+        _wait_until(lambda: _waiting_queries(pg_db.url) == 2)
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.GetSensorStats(stats_pb2.GetSensorStatsRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert all(f.result(timeout=10).total_sessions == 0 for f in slow)
+
+
+def test_in_process_stop_flips_health_before_draining(
+    pg_db: Database, start_server: StartServer
+) -> None:
+    running: RunningServer = start_server(pg_db.settings(replica_urls=()))
+    server = running.server
+    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "sessions"):
+        call = pool.submit(
+            running.stub.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
+        )
+        _wait_until(lambda: _waiting_queries(pg_db.url) == 1)
+        stopping = threading.Thread(target=server.stop, kwargs={"grace": 10})
+        stopping.start()
+        _wait_until(lambda: server._stopping.is_set())
+        assert not server.update_health()
+    assert call.result(timeout=10).total_sessions == 0
+    stopping.join(timeout=15)
+    assert not stopping.is_alive()

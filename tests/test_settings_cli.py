@@ -1,0 +1,156 @@
+"""Settings validation and the CLI subcommands, run for real."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Database, StartServer
+
+from cowrie_stats import __version__
+from cowrie_stats.cli import main
+from cowrie_stats.sample import write_sample
+from cowrie_stats.settings import SettingsError, load_env_file, load_settings, redact_url
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.database_url == "sqlite:///var/cowrie-stats.db"
+    assert settings.grpc_port == 50051 and settings.replica_urls == ()
+    assert settings.is_sqlite
+
+
+def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cr:et@\n")
+    settings = load_settings(
+        {
+            "COWRIE_STATS_DATABASE_URL": "postgresql://stats@db:5432/stats",
+            "COWRIE_STATS_DATABASE_PASSWORD_FILE": str(secret),
+            "COWRIE_STATS_REPLICA_URLS": "postgresql://stats@r1/stats, postgresql+psycopg://stats@r2/stats",
+        }
+    )
+    assert settings.primary_url.password == "s3cr:et@"
+    assert settings.primary_url.drivername == "postgresql+psycopg"
+    assert len(settings.replica_urls) == 2
+    assert "s3cr" not in redact_url(settings.database_url)
+    assert redact_url("::not a url::") == "<invalid database URL>"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"COWRIE_STATS_GRPC_PORT": "http"}, "GRPC_PORT: expected an integer"),
+        ({"COWRIE_STATS_GRPC_PORT": "70000"}, "outside 0..65535"),
+        ({"COWRIE_STATS_LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"COWRIE_STATS_MAX_REPLICA_LAG": "-1"}, "MAX_REPLICA_LAG"),
+        ({"COWRIE_STATS_MAX_REPLICA_LAG": "soon"}, "expected a number"),
+        ({"COWRIE_STATS_DATABASE_URL": "mysql://x/y"}, "only sqlite and postgresql"),
+        ({"COWRIE_STATS_DATABASE_URL": "::"}, "not a database URL"),
+        ({"COWRIE_STATS_REPLICA_URLS": "postgresql://r/x"}, "replicas need a PostgreSQL"),
+        ({"COWRIE_STATS_DATABASE_URL_FILE": "/nonexistent"}, "cannot read"),
+        (
+            {"COWRIE_STATS_DATABASE_URL": "sqlite://", "COWRIE_STATS_DATABASE_URL_FILE": "/x"},
+            "not both",
+        ),
+        ({"COWRIE_STATS_TLS_CERT_FILE": "/etc/hostname"}, "go together"),
+        ({"COWRIE_STATS_TLS_CLIENT_CA_FILE": "/etc/hostname"}, "needs"),
+        ({"COWRIE_STATS_API_KEYS_FILE": "/nonexistent"}, "not a readable file"),
+        ({"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "maybe"}, "true or false"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env)
+
+
+def test_booleans() -> None:
+    assert not load_settings(
+        {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "off"}
+    ).open_methods_without_key
+    assert load_settings(
+        {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "yes"}
+    ).open_methods_without_key
+
+
+def test_env_file_must_be_private(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nexport COWRIE_STATS_GRPC_PORT='6000'\nOTHER=1\nnoequals\n")
+    env_file.chmod(0o644)
+    with pytest.raises(SettingsError, match="chmod 600"):
+        load_env_file(env_file, {})
+    env_file.chmod(0o600)
+    env: dict[str, str] = {"COWRIE_STATS_LOG_LEVEL": "DEBUG"}
+    load_env_file(env_file, env)
+    assert env == {"COWRIE_STATS_LOG_LEVEL": "DEBUG", "COWRIE_STATS_GRPC_PORT": "6000"}
+
+
+def _cli(*args: str, cwd: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cowrie_stats.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    for command in ("serve", "migrate", "ingest", "healthcheck", "hash-key", "sample"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: cowrie-stats" in capsys.readouterr().out
+
+
+def test_bad_configuration_exits_2(tmp_path: Path) -> None:
+    result = _cli("migrate", cwd=tmp_path, COWRIE_STATS_GRPC_PORT="x")
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr
+
+
+def test_migrate_ingest_stdin_and_summary(tmp_path: Path) -> None:
+    sample = tmp_path / "cowrie.json"
+    write_sample(sample)
+    env = {"COWRIE_STATS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    unmigrated = _cli("ingest", str(sample), cwd=tmp_path, **env)
+    assert unmigrated.returncode == 1 and "cowrie-stats migrate" in unmigrated.stderr
+    assert _cli("migrate", cwd=tmp_path, **env).returncode == 0
+    result = _cli(
+        "ingest", "--sensor", "stdin-sensor", "-", cwd=tmp_path, stdin=sample.read_text(), **env
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events_stored"] == summary["lines_read"] == 1289
+    assert summary["dead_lettered"] == 0
+    missing = _cli("ingest", str(tmp_path / "nope"), cwd=tmp_path, **env)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_hash_key(tmp_path: Path) -> None:
+    key = "k" * 32
+    result = _cli("hash-key", "--name", "dashboards", cwd=tmp_path, stdin=key + "\n")
+    assert result.stdout.strip() == f"dashboards:{hashlib.sha256(key.encode()).hexdigest()}"
+    short = _cli("hash-key", cwd=tmp_path, stdin="short\n")
+    assert short.returncode == 2
+
+
+def test_healthcheck_command(
+    sqlite_db: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    running = start_server(sqlite_db.settings())
+    ok = _cli("healthcheck", "--address", running.address, cwd=tmp_path)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
+    running.server.stop(grace=0)
+    down = _cli("healthcheck", "--address", running.address, "--timeout", "1", cwd=tmp_path)
+    assert down.returncode == 1 and down.stdout.startswith("NOT_SERVING")
