@@ -17,6 +17,9 @@ from cowrie_stats import SERVICE_NAME, __version__
 from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_settings, redact_url
 
 if TYPE_CHECKING:
+    from cowrie_stats.ingest.reader import IngestSummary
+
+if TYPE_CHECKING:
     import grpc
 
 log = logging.getLogger("cowrie_stats")
@@ -46,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from cowrie_stats.db.routing import create_db_engine
     from cowrie_stats.db.schema import current_revision, upgrade
 
-    engine = create_db_engine(settings.database_url, settings)
+    engine = create_db_engine(settings.database_url, settings, writer=True)
     try:
         upgrade(engine)
         log.info(
@@ -61,20 +64,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _progress_printer() -> object:
-    def show(summary: object) -> None:
-        from cowrie_stats.ingest.reader import IngestSummary
-
-        assert isinstance(summary, IngestSummary)
-        rate = summary.events_stored / summary.seconds if summary.seconds else 0.0
-        sys.stderr.write(
-            f"\r{summary.bytes_read / 1e6:8.1f} MB  {summary.lines_read:>10} lines  "
-            f"{summary.events_stored:>10} new  {summary.duplicates_skipped:>8} dup  "
-            f"{summary.dead_lettered:>6} dead  {rate:9.0f} ev/s"
-        )
-        sys.stderr.flush()
-
-    return show
+def _show_progress(summary: IngestSummary) -> None:
+    rate = summary.events_stored / summary.seconds if summary.seconds else 0.0
+    sys.stderr.write(
+        f"\r{summary.bytes_read / 1e6:8.1f} MB  {summary.lines_read:>10} lines  "
+        f"{summary.events_stored:>10} new  {summary.duplicates_skipped:>8} dup  "
+        f"{summary.dead_lettered:>6} dead  {rate:9.0f} ev/s"
+    )
+    sys.stderr.flush()
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -82,7 +79,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from cowrie_stats.db.schema import check_schema
     from cowrie_stats.ingest.reader import Ingester
 
-    engine = create_db_engine(settings.database_url, settings)
+    engine = create_db_engine(settings.database_url, settings, writer=True)
     tty = sys.stderr.isatty() and not args.json
     stop = {"now": False}
 
@@ -90,6 +87,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _stop)
+    exporter = None
+    if args.watch and settings.metrics_port:
+        from cowrie_stats.metrics import MetricsServer
+
+        # A watching ingest is long-lived: expose its counters like the server does.
+        exporter = MetricsServer(settings.metrics_host, settings.metrics_port)
     try:
         check_schema(engine)
         while True:
@@ -97,7 +100,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 engine,
                 default_sensor=args.sensor,
                 batch_lines=args.batch_lines,
-                progress=_progress_printer() if tty else None,  # type: ignore[arg-type]
+                progress=_show_progress if tty else None,
             )
             summary = ingester.ingest(args.paths)
             if tty:
@@ -111,6 +114,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             if stop["now"]:
                 return 0
     finally:
+        if exporter is not None:
+            exporter.stop()
         engine.dispose()
 
 
@@ -244,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         from cowrie_stats.db.schema import SchemaError
 
-        if isinstance(error, SchemaError | FileNotFoundError):
+        if isinstance(error, SchemaError | OSError):
             print(f"cowrie-stats: {error}", file=sys.stderr)
             return 1
         from sqlalchemy.exc import OperationalError

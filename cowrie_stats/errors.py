@@ -91,6 +91,8 @@ def classify(error: BaseException) -> ServiceError | None:
     """The :class:`ServiceError` a known failure stands for; None when unexpected."""
     if isinstance(error, ServiceError):
         return error
+    if isinstance(error, sa_exc.StatementError) and isinstance(error.orig, ServiceError):
+        return error.orig  # raised by one of our engine event hooks
     if isinstance(error, sa_exc.TimeoutError):
         return ResourceExhaustedError("all database connections are busy; retry with backoff")
     if isinstance(error, sa_exc.DBAPIError) and _is_query_cancelled(error):

@@ -97,12 +97,13 @@ class StatsServer:
         check_schema(self.router.primary.engine)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         credentials = _credentials(self.settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # grpc's way of saying the port is taken
+            raise OSError(f"cannot bind {address}: is another server using the port?") from error
         self.router.start()
         self.update_health()
         metrics.DATABASE.track(self.router)

@@ -417,7 +417,7 @@ class PgCluster:
 
         :param index: one replica, or every replica when None.
         """
-        target = str(self.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+        target = self._flush_wal()
         nodes = self.replicas if index is None else [self._replica(index)]
         deadline = time.monotonic() + timeout
         for node in nodes:
@@ -436,6 +436,20 @@ class PgCluster:
                 f"{node.name} to replay up to {target}",
                 node,
             )
+
+    def _flush_wal(self) -> str:
+        """Make everything inserted so far durable (and so sendable); returns that LSN.
+
+        With synchronous_commit=off an idle primary may keep its last records in
+        the WAL buffers; a commit with synchronous_commit=on flushes all of them.
+        """
+        with self.connect("primary") as conn:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                conn.execute("SELECT txid_current()")
+            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
 
     def wait_streaming(self, index: int = 0, timeout: float = 10.0) -> None:
         """Wait until a replica is in recovery and the primary's ``pg_stat_replication``

@@ -109,7 +109,7 @@ def test_refuses_unmigrated_and_newer_schema(tmp_path: Path, loaded: Database) -
 
 def test_port_cannot_be_shared(loaded: Database, start_server: StartServer) -> None:
     running = start_server(loaded.settings())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OSError, match="cannot bind"):
         StatsServer(loaded.settings(grpc_port=running.server.port)).start()
 
 
@@ -285,3 +285,23 @@ def test_in_process_stop_flips_health_before_draining(
     assert call.result(timeout=10).total_sessions == 0
     stopping.join(timeout=15)
     assert not stopping.is_alive()
+
+
+def test_deadline_stops_the_remaining_queries_of_a_call(loaded: Database) -> None:
+    from cowrie_stats.db.routing import Router
+    from cowrie_stats.errors import DeadlineExceededError, translate
+
+    router = Router(loaded.settings())
+
+    def slow_work(conn: Any) -> None:
+        conn.execute(text("SELECT 1"))
+        time.sleep(0.3)  # the call's budget runs out between two statements
+        conn.execute(text("SELECT 2"))
+
+    try:
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - checked just below
+            router.run_read(slow_work, timeout_seconds=0.1)
+        assert isinstance(translate(caught.value), DeadlineExceededError)
+        assert router.run_read(lambda conn: conn.execute(text("SELECT 3")).scalar_one()) == 3
+    finally:
+        router.close()

@@ -154,3 +154,49 @@ def test_healthcheck_command(
     running.server.stop(grace=0)
     down = _cli("healthcheck", "--address", running.address, "--timeout", "1", cwd=tmp_path)
     assert down.returncode == 1 and down.stdout.startswith("NOT_SERVING")
+
+
+def test_ingest_watch_exposes_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    logs = tmp_path / "logs"
+    write_sample(logs / "cowrie.json")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "COWRIE_STATS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "COWRIE_STATS_METRICS_PORT": str(port),
+        "COWRIE_STATS_METRICS_HOST": "127.0.0.1",
+    }
+    assert _cli("migrate", cwd=tmp_path, **env).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cowrie_stats.cli", "ingest", "--watch", "0.2", str(logs)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    body = ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "1289.0" not in body:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                body = reply.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    assert "cowrie_stats_ingest_events_stored_total 1289.0" in body
+    (logs / "cowrie.json.1").write_text((logs / "cowrie.json").read_text())  # a rotation
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    summaries = [json.loads(line) for line in out.splitlines()]
+    assert summaries[0]["events_stored"] == 1289
+    assert all(s["events_stored"] == 0 for s in summaries[1:])
+    assert len(summaries) >= 2

@@ -20,39 +20,79 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from cowrie_stats.errors import UnavailableError, classify
+from cowrie_stats.errors import DeadlineExceededError, UnavailableError, classify
 from cowrie_stats.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Lag is zero when everything received has been replayed, whatever the age of
-# the last replayed transaction (an idle primary sends nothing new); only
-# when replay is behind does the age of the last replayed commit measure lag.
-LAG_QUERY = text(
+# Replication lag, measured the way an idle primary cannot fool: when all WAL
+# received has been replayed the replica is current, however old its last
+# replayed commit is (an idle primary sends nothing new). Only when replay is
+# behind what was received does the age of the last replayed commit measure
+# lag -- unless replay is merely waiting for the rest of a record whose first
+# part arrived (an idle primary can stop sending mid-record): then neither LSN
+# moves between two samples and replay is not paused.
+LAG_SAMPLE = text(
     """
-    SELECT CASE
-      WHEN NOT pg_is_in_recovery() THEN 0
-      WHEN pg_last_wal_receive_lsn() IS NULL
-        OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-      ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 'Infinity')
-    END
+    SELECT pg_is_in_recovery(),
+           pg_last_wal_receive_lsn()::text,
+           pg_last_wal_replay_lsn()::text,
+           pg_is_in_recovery() AND pg_get_wal_replay_pause_state() <> 'not paused',
+           EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
     """
 )
+RESAMPLE_DELAY_SECONDS = 0.05
+DEADLINE_KEY = "cowrie_stats_deadline"
 
 
-def create_db_engine(url: str, settings: Settings) -> Engine:
-    """An engine with its own pool, configured from settings."""
+def measure_lag(conn: Connection) -> float:
+    """Seconds the replica behind ``conn`` lags its primary (0 on a primary)."""
+    in_recovery, received, replayed, paused, age = conn.execute(LAG_SAMPLE).one()
+    if not in_recovery or received is None or received == replayed:
+        return 0.0
+    if not paused:
+        time.sleep(RESAMPLE_DELAY_SECONDS)
+        again = conn.execute(LAG_SAMPLE).one()
+        if (again[1], again[2]) == (received, replayed):
+            return 0.0  # replay waits for WAL that was never sent: nothing to catch up
+    return float("inf") if age is None else max(float(age), 0.0)
+
+
+def create_db_engine(url: str, settings: Settings, writer: bool = False) -> Engine:
+    """An engine with its own pool, configured from settings.
+
+    ``writer`` engines (ingest, migrations) take SQLite's write lock when a
+    transaction begins, so a batch's "already stored?" check and its inserts
+    see the same database even with several ingests at once.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        engine = _sqlite_engine(url, writer)
+    else:
+        engine = _postgresql_engine(url, settings)
+    event.listen(engine, "before_cursor_execute", _check_deadline)
+    return engine
+
+
+def _check_deadline(conn: Connection, *_args: object) -> None:
+    """Stop a read between statements once its RPC deadline has passed.
+
+    The statement timeout bounds each statement; this bounds the sum of them.
+    """
+    deadline = conn.info.get(DEADLINE_KEY)
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceededError("the request deadline passed; remaining queries skipped")
+
+
+def _postgresql_engine(url: str, settings: Settings) -> Engine:
     return create_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -67,7 +107,7 @@ def create_db_engine(url: str, settings: Settings) -> Engine:
     )
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, writer: bool) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path
@@ -78,13 +118,21 @@ def _sqlite_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: object, _record: object) -> None:
-        cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    def _pragmas(dbapi_conn: Any, _record: object) -> None:
+        cursor = dbapi_conn.cursor()
         # WAL lets the server read while an ingest writes.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if writer:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -181,20 +229,20 @@ class Router:
     @contextmanager
     def _read_connection(self, endpoint: Endpoint, timeout: float | None) -> Iterator[Connection]:
         with endpoint.engine.connect() as conn, conn.begin():
-            if timeout is not None and conn.dialect.name == "postgresql":
-                # The remaining RPC deadline becomes a statement timeout, so a
-                # cancelled call stops its query on the server too.
-                millis = max(1, int(timeout * 1000))
-                conn.execute(
-                    text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(millis)}
-                )
-            yield conn
-
-    @contextmanager
-    def write_connection(self) -> Iterator[Connection]:
-        """A transaction on the primary (ingest, migrations)."""
-        with self.primary.engine.begin() as conn:
-            yield conn
+            if timeout is not None:
+                conn.info[DEADLINE_KEY] = time.monotonic() + timeout
+            try:
+                if timeout is not None and conn.dialect.name == "postgresql":
+                    # The remaining RPC deadline becomes a statement timeout, so a
+                    # cancelled call stops its query on the server too.
+                    millis = max(1, int(timeout * 1000))
+                    conn.execute(
+                        text("SELECT set_config('statement_timeout', :ms, true)"),
+                        {"ms": str(millis)},
+                    )
+                yield conn
+            finally:
+                conn.info.pop(DEADLINE_KEY, None)
 
     # -- health --------------------------------------------------------------------
 
@@ -218,7 +266,7 @@ class Router:
         """Probe one replica now and record the result."""
         try:
             with endpoint.engine.connect() as conn:
-                lag = float(conn.execute(LAG_QUERY).scalar_one())
+                lag = measure_lag(conn)
         except sa_exc.SQLAlchemyError as error:
             self._mark_failed(endpoint, error)
             return False

@@ -8,6 +8,7 @@ equal after NUL removal with timestamps compared as instants.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -15,6 +16,8 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from cowrie_stats.db.models import HASH_BYTES
 
@@ -116,6 +119,11 @@ def normalise_ip(value: Any) -> str | None:
     """Canonical text of an IPv4/IPv6 address; non-IP strings are kept verbatim."""
     if not isinstance(value, str) or value == "":
         return None
+    return _canonical_ip(value)
+
+
+@functools.lru_cache(maxsize=65536)  # attackers repeat: most lookups are hits
+def _canonical_ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value.strip().strip("[]")))
     except ValueError:
@@ -163,10 +171,6 @@ def _client_version(value: Any) -> str | None:
     return text
 
 
-def event_hash(canonical: str) -> bytes:
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=HASH_BYTES).digest()
-
-
 def _decode(line: bytes | str) -> str:
     if isinstance(line, str):
         return line
@@ -176,6 +180,8 @@ def _decode(line: bytes | str) -> str:
 
 def _clean_surrogates(text: str) -> str:
     # JSON may carry lone surrogate escapes that no UTF-8 database can store.
+    if text.isascii():
+        return text
     return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
@@ -184,17 +190,35 @@ def parse_line(line: bytes | str, default_sensor: str | None = None) -> ParsedEv
     text = _decode(line).replace("\x00", "").strip()
     if not text:
         return None
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise UnusableLineError(f"not valid JSON: {str(exc)[:120]}") from None
+    obj = _loads(text)
     if not isinstance(obj, dict):
         raise UnusableLineError(f"JSON value is a {type(obj).__name__}, not an object")
-    fields: dict[str, Any] = strip_nul(obj)
+    # Raw NULs are gone already; inside strings they can only come from escapes.
+    fields: dict[str, Any] = strip_nul(obj) if "\\u0000" in text else obj
     for old, new in LEGACY_FIELDS.items():
         if old in fields and new not in fields:
             fields[new] = fields.pop(old)
     return _build_event(fields, default_sensor)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # lone surrogates or integers beyond 64 bits: the json module takes those
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UnusableLineError(f"not valid JSON: {str(exc)[:120]}") from None
+
+
+def _canonical(identity: dict[str, Any]) -> bytes:
+    """Canonical UTF-8 JSON of an event: sorted keys, compact; the dedup identity."""
+    try:
+        return orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        text = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="replace")
 
 
 def _build_event(fields: dict[str, Any], default_sensor: str | None) -> ParsedEvent:
@@ -210,16 +234,14 @@ def _build_event(fields: dict[str, Any], default_sensor: str | None) -> ParsedEv
         sensor = default_sensor or UNKNOWN_SENSOR
     eventid = LEGACY_EVENTIDS.get(eventid, eventid)
     identity = dict(fields, eventid=eventid, sensor=sensor, timestamp=format_timestamp(ts_us))
-    canonical = _clean_surrogates(
-        json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    )
+    canonical = _canonical(identity)
     return ParsedEvent(
-        hash=event_hash(canonical),
+        hash=hashlib.blake2b(canonical, digest_size=HASH_BYTES).digest(),
         sensor=_clean_surrogates(sensor),
         session=_clean_surrogates(session),
         eventid=_clean_surrogates(eventid),
         ts_us=ts_us,
-        raw=canonical,
+        raw=canonical.decode("utf-8"),
         **_details(eventid, fields),
     )
 

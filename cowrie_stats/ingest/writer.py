@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -46,6 +46,7 @@ from cowrie_stats.ingest.parse import (
 )
 
 US_PER_HOUR = 3_600_000_000
+INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
 IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
 
 SESSION_STATE_COLUMNS = [c.name for c in SESSIONS.columns if c.name not in ("sensor_id", "session")]
@@ -123,6 +124,26 @@ def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -
         conn.execute(stmt.on_conflict_do_nothing(), rows)
 
 
+def _copy_rows(
+    conn: Connection, target: str, columns: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """PostgreSQL COPY ... FROM STDIN: the fastest way in, several times executemany."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
+
+
+def _bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows that are known to be new (the batch holds the ingest lock)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, table.name, list(rows[0]), rows)
+    else:
+        conn.execute(insert(table), rows)
+
+
 def _least_greatest(conn: Connection) -> tuple[Any, Any]:
     if conn.dialect.name == "postgresql":
         return func.least, func.greatest
@@ -143,6 +164,10 @@ class BatchWriter:
         cursor: CursorState | None = None,
     ) -> BatchResult:
         result = BatchResult()
+        if self.conn.dialect.name == "postgresql":
+            # One ingest batch at a time: the "already stored?" check below and
+            # the inserts after it must see the same table (concurrent ingests).
+            self.conn.execute(select(func.pg_advisory_xact_lock(INGEST_LOCK_KEY)))
         unique: dict[bytes, ParsedEvent] = {}
         for event in events:
             if event.hash in unique:
@@ -171,7 +196,7 @@ class BatchWriter:
     def _store(self, fresh: list[ParsedEvent]) -> None:
         self._ensure_sensors(fresh)
         ids = self._sensor_ids
-        _insert_ignore(
+        _bulk_insert(
             self.conn,
             EVENTS,
             [
@@ -263,15 +288,12 @@ class BatchWriter:
         self, rows: dict[tuple[int, str], _SessionRow]
     ) -> dict[tuple[int, str], int]:
         table = SESSIONS
-        new_rows = [r.values for r in rows.values() if r.is_new]
-        if new_rows:
-            self.conn.execute(
-                insert(table), [{k: v for k, v in r.items() if k != "id"} for r in new_rows]
-            )
-        changed = [r for r in rows.values() if not r.is_new and r.touched]
-        for row in changed:
-            values = {name: row.values[name] for name in row.touched}
-            self.conn.execute(update(table).where(table.c.id == row.values["id"]).values(values))
+        new_rows = [
+            {k: v for k, v in r.values.items() if k != "id"} for r in rows.values() if r.is_new
+        ]
+        _bulk_insert(self.conn, table, new_rows)
+        changed = [r.values for r in rows.values() if not r.is_new and r.touched]
+        self._update_sessions(changed)
         ids = {key: row.values["id"] for key, row in rows.items() if not row.is_new}
         new_keys = [key for key, row in rows.items() if row.is_new]
         by_sensor: defaultdict[int, list[str]] = defaultdict(list)
@@ -285,6 +307,32 @@ class BatchWriter:
                 for session_id, session in self.conn.execute(query):
                     ids[(sensor_id, session)] = session_id
         return ids
+
+    def _update_sessions(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = [c for c in SESSION_STATE_COLUMNS if c != "id"]
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(
+                text(
+                    f"CREATE TEMP TABLE session_updates ON COMMIT DROP AS"
+                    f" SELECT id, {', '.join(columns)} FROM sessions WITH NO DATA"
+                )
+            )
+            _copy_rows(self.conn, "session_updates", ["id", *columns], rows)
+            assignments = ", ".join(f"{c} = u.{c}" for c in columns)
+            self.conn.execute(
+                text(
+                    f"UPDATE sessions s SET {assignments} FROM session_updates u WHERE s.id = u.id"
+                )
+            )
+            return
+        stmt = (
+            update(SESSIONS)
+            .where(SESSIONS.c.id == bindparam("row_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        self.conn.execute(stmt, [{"row_id": r["id"], **{c: r[c] for c in columns}} for r in rows])
 
     # -- per-event tables and rollups ---------------------------------------------
 
@@ -320,9 +368,9 @@ class BatchWriter:
             elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
                 downloads.append(common | {"shasum": e.shasum, "url": e.url, "outfile": e.outfile})
                 bucket.downloads += 1
-        _insert_ignore(self.conn, LOGIN_ATTEMPTS, logins)
-        _insert_ignore(self.conn, COMMANDS, commands)
-        _insert_ignore(self.conn, DOWNLOADS, downloads)
+        _bulk_insert(self.conn, LOGIN_ATTEMPTS, logins)
+        _bulk_insert(self.conn, COMMANDS, commands)
+        _bulk_insert(self.conn, DOWNLOADS, downloads)
 
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
