@@ -95,7 +95,7 @@ def make_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     else:
         cluster: PgCluster = request.getfixturevalue("pg_cluster")
         url, replica = _fresh_pg_database(cluster)
-    engine = create_db_engine(url, Settings(database_url=url))
+    engine = create_db_engine(url, Settings(database_url=url), writer=True)
     upgrade(engine)
     return Database(kind, url, replica, engine)
 
