@@ -146,3 +146,7 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+CACHE_HITS = Counter("cowrie_stats_result_cache_hits", "Statistics answered from the result cache.")
+CACHE_MISSES = Counter("cowrie_stats_result_cache_misses", "Statistics computed by queries.")

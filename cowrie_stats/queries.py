@@ -32,6 +32,7 @@ from sqlalchemy import (
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.db.models import (
     COMMANDS,
+    DATA_VERSION,
     DOWNLOADS,
     EVENTS,
     HOURLY_ROLLUPS,
@@ -56,6 +57,11 @@ def _timestamp(ts_us: int | None) -> Timestamp | None:
 def _bytewise(column: ColumnElement[Any], conn: Connection) -> ColumnElement[Any]:
     """Order strings by their bytes (PostgreSQL's default collation would not)."""
     return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def data_version(conn: Connection) -> int:
+    """The ingest batch counter of the data this connection sees."""
+    return int(conn.execute(select(DATA_VERSION.c.version)).scalar_one())
 
 
 # -- filters ----------------------------------------------------------------------
@@ -96,25 +102,53 @@ def _scope(conn: Connection, filters: Filters) -> _Scope:
     return _Scope(filters.window, None if sensors is None else tuple(sensors))
 
 
-# -- additive counters: rollups for whole hours, raw rows at the edges --------------
+# -- rollup figures: whole hours from hourly_rollups, raw rows at the edges ---------
 
 
 @dataclass(frozen=True)
-class _Counter:
+class _Figure:
+    """A per-sensor figure kept in ``hourly_rollups`` and computable from raw rows.
+
+    ``aggregate`` says how hours combine: counts add up, first/last times take
+    the minimum/maximum.
+    """
+
     rollup_column: str
     table: Table
     ts_column: str
+    aggregate: str = "sum"
     condition: ColumnElement[bool] | None = None
 
+    def raw_expression(self) -> ColumnElement[Any]:
+        if self.aggregate == "sum":
+            return func.count()
+        ts = self.table.c[self.ts_column]
+        return func.min(ts) if self.aggregate == "min" else func.max(ts)
 
-SESSIONS_STARTED = _Counter("sessions", SESSIONS, "start_ts_us")
-EVENT_COUNT = _Counter("events", EVENTS, "ts_us")
-LOGINS = _Counter("login_attempts", LOGIN_ATTEMPTS, "ts_us")
-LOGIN_SUCCESSES = _Counter(
-    "login_successes", LOGIN_ATTEMPTS, "ts_us", LOGIN_ATTEMPTS.c.success.is_(True)
+    def rollup_expression(self) -> ColumnElement[Any]:
+        column = HOURLY_ROLLUPS.c[self.rollup_column]
+        if self.aggregate == "sum":
+            return func.sum(column)
+        return func.min(column) if self.aggregate == "min" else func.max(column)
+
+    def combine(self, current: int | None, value: int | None) -> int | None:
+        if self.aggregate == "sum":
+            return int(current or 0) + int(value or 0)
+        present = [v for v in (current, value) if v is not None]
+        if not present:
+            return None
+        return min(present) if self.aggregate == "min" else max(present)
+
+
+EVENT_COUNT = _Figure("events", EVENTS, "ts_us")
+FIRST_EVENT = _Figure("first_ts_us", EVENTS, "ts_us", "min")
+LAST_EVENT = _Figure("last_ts_us", EVENTS, "ts_us", "max")
+LOGINS = _Figure("login_attempts", LOGIN_ATTEMPTS, "ts_us")
+LOGIN_SUCCESSES = _Figure(
+    "login_successes", LOGIN_ATTEMPTS, "ts_us", condition=LOGIN_ATTEMPTS.c.success.is_(True)
 )
-COMMAND_COUNT = _Counter("commands", COMMANDS, "ts_us")
-DOWNLOAD_COUNT = _Counter("downloads", DOWNLOADS, "ts_us")
+COMMAND_COUNT = _Figure("commands", COMMANDS, "ts_us")
+DOWNLOAD_COUNT = _Figure("downloads", DOWNLOADS, "ts_us")
 
 
 def _hour_split(window: Window) -> tuple[int | None, int | None]:
@@ -124,66 +158,69 @@ def _hour_split(window: Window) -> tuple[int | None, int | None]:
     return first, last
 
 
-def count_by_sensor(
-    conn: Connection, scope: _Scope, counters: Sequence[_Counter]
-) -> dict[int, dict[str, int]]:
-    """Exact totals of ``counters`` per sensor id over the scope."""
-    first, last = _hour_split(scope.window)
-    totals: dict[int, dict[str, int]] = {}
-
-    def add(sensor_id: int, name: str, value: int | None) -> None:
-        row = totals.setdefault(sensor_id, dict.fromkeys((c.rollup_column for c in counters), 0))
-        row[name] += int(value or 0)
-
+def _rollup_parts(window: Window) -> tuple[tuple[int | None, int | None] | None, list[Window]]:
+    """The whole-hour range answered by rollups, and the partial edges left to raw rows."""
+    first, last = _hour_split(window)
     if first is not None and last is not None and first >= last:
-        # The window lies inside one hour: the raw rows answer it all.
-        for counter in counters:
-            for sensor_id, value in _raw_counts(conn, scope, counter, scope.window):
-                add(sensor_id, counter.rollup_column, value)
-        return totals
-    hours = HOURLY_ROLLUPS.c
-    conditions: list[ColumnElement[bool]] = []
-    if first is not None:
-        conditions.append(hours.hour >= first)
-    if last is not None:
-        conditions.append(hours.hour < last)
-    if scope.sensor_ids is not None:
-        conditions.append(hours.sensor_id.in_(scope.sensor_ids))
-    query = (
-        select(hours.sensor_id, *(func.sum(hours[c.rollup_column]) for c in counters))
-        .where(and_(literal(True), *conditions))
-        .group_by(hours.sensor_id)
-    )
-    for row in conn.execute(query):
-        for counter, value in zip(counters, row[1:], strict=True):
-            add(row[0], counter.rollup_column, value)
+        return None, [window]  # inside one hour: raw rows answer it all
     edges = []
-    if first is not None and scope.window.start_us is not None:
-        edges.append(Window(scope.window.start_us, first * US_PER_HOUR))
-    if last is not None and scope.window.end_us is not None:
-        edges.append(Window(last * US_PER_HOUR, scope.window.end_us))
+    if first is not None and window.start_us is not None and window.start_us < first * US_PER_HOUR:
+        edges.append(Window(window.start_us, first * US_PER_HOUR))
+    if last is not None and window.end_us is not None and last * US_PER_HOUR < window.end_us:
+        edges.append(Window(last * US_PER_HOUR, window.end_us))
+    return (first, last), edges
+
+
+def figures_by_sensor(
+    conn: Connection, scope: _Scope, figures: Sequence[_Figure]
+) -> dict[int, dict[str, int | None]]:
+    """Exact values of ``figures`` per sensor id over the scope."""
+    hours_range, edges = _rollup_parts(scope.window)
+    totals: dict[int, dict[str, int | None]] = {}
+
+    def add(sensor_id: int, figure: _Figure, value: int | None) -> None:
+        row = totals.setdefault(sensor_id, {f.rollup_column: None for f in figures})
+        row[figure.rollup_column] = figure.combine(row[figure.rollup_column], value)
+
+    if hours_range is not None:
+        hours = HOURLY_ROLLUPS.c
+        conditions: list[ColumnElement[bool]] = []
+        if hours_range[0] is not None:
+            conditions.append(hours.hour >= hours_range[0])
+        if hours_range[1] is not None:
+            conditions.append(hours.hour < hours_range[1])
+        if scope.sensor_ids is not None:
+            conditions.append(hours.sensor_id.in_(scope.sensor_ids))
+        query = (
+            select(hours.sensor_id, *(f.rollup_expression() for f in figures))
+            .where(and_(literal(True), *conditions))
+            .group_by(hours.sensor_id)
+        )
+        for row in conn.execute(query):
+            for figure, value in zip(figures, row[1:], strict=True):
+                add(row[0], figure, value)
     for edge in edges:
-        if edge.start_us == edge.end_us:
-            continue
-        for counter in counters:
-            for sensor_id, value in _raw_counts(conn, scope, counter, edge):
-                add(sensor_id, counter.rollup_column, value)
+        for figure in figures:
+            for sensor_id, value in _raw_figure(conn, scope, figure, edge):
+                add(sensor_id, figure, value)
     return totals
 
 
-def _raw_counts(
-    conn: Connection, scope: _Scope, counter: _Counter, window: Window
+def _raw_figure(
+    conn: Connection, scope: _Scope, figure: _Figure, window: Window
 ) -> list[tuple[int, int]]:
-    table = counter.table
-    where = _Scope(window, scope.sensor_ids).where(table.c[counter.ts_column], table.c.sensor_id)
-    if counter.condition is not None:
-        where = and_(where, counter.condition)
-    query = select(table.c.sensor_id, func.count()).where(where).group_by(table.c.sensor_id)
-    return [(sensor_id, count) for sensor_id, count in conn.execute(query)]
+    table = figure.table
+    where = _Scope(window, scope.sensor_ids).where(table.c[figure.ts_column], table.c.sensor_id)
+    if figure.condition is not None:
+        where = and_(where, figure.condition)
+    query = (
+        select(table.c.sensor_id, figure.raw_expression()).where(where).group_by(table.c.sensor_id)
+    )
+    return [(sensor_id, value) for sensor_id, value in conn.execute(query)]
 
 
-def _sum_counts(per_sensor: dict[int, dict[str, int]], name: str) -> int:
-    return sum(row[name] for row in per_sensor.values())
+def _total(per_sensor: dict[int, dict[str, int | None]], name: str) -> int:
+    return sum(int(row[name] or 0) for row in per_sensor.values())
 
 
 # -- GetSessionStats ----------------------------------------------------------------
@@ -212,10 +249,10 @@ def session_stats(
     ):
         by_protocol[protocol] = by_protocol.get(protocol, 0) + count
     total_sessions = sum(by_protocol.values())
-    counts = count_by_sensor(conn, scope, [LOGINS, LOGIN_SUCCESSES, COMMAND_COUNT])
+    counts = figures_by_sensor(conn, scope, [LOGINS, LOGIN_SUCCESSES, COMMAND_COUNT])
     downloads = _download_totals(conn, scope)
-    logins = _sum_counts(counts, "login_attempts")
-    successes = _sum_counts(counts, "login_successes")
+    logins = _total(counts, "login_attempts")
+    successes = _total(counts, "login_successes")
     command_sum = int(summary[3] or 0)
     with_duration = int(summary[6] or 0)
     response = stats_pb2.GetSessionStatsResponse(
@@ -226,7 +263,7 @@ def session_stats(
         login_successes=successes,
         login_failures=logins - successes,
         sessions_with_commands=int(summary[2] or 0),
-        total_commands=_sum_counts(counts, "commands"),
+        total_commands=_total(counts, "commands"),
         avg_commands_per_session=command_sum / total_sessions if total_sessions else 0.0,
         max_commands_per_session=int(summary[4] or 0),
         file_downloads=downloads[0],
@@ -467,7 +504,9 @@ def sensor_stats(
         query = query.where(SENSORS.c.id.in_(tuple(sensors)))
     known = conn.execute(query).all()
     scope = _Scope(filters.window, tuple(row[0] for row in known))
-    counts = count_by_sensor(conn, scope, [EVENT_COUNT, LOGIN_SUCCESSES, DOWNLOAD_COUNT])
+    counts = figures_by_sensor(
+        conn, scope, [EVENT_COUNT, LOGIN_SUCCESSES, DOWNLOAD_COUNT, FIRST_EVENT, LAST_EVENT]
+    )
     s = SESSIONS.c
     per_session = {
         row[0]: (row[1], row[2])
@@ -481,27 +520,17 @@ def sensor_stats(
     response = stats_pb2.GetSensorStatsResponse(total_sensors=len(known))
     for sensor_id, name, last_ts_us in known:
         row = counts.get(sensor_id, {})
-        first, last = _seen(conn, filters.window, sensor_id)
         response.sensors.append(
             stats_pb2.SensorStats(
                 sensor=name,
                 sessions=per_session.get(sensor_id, (0, 0))[0],
                 unique_source_ips=per_session.get(sensor_id, (0, 0))[1],
-                events=row.get("events", 0),
-                login_successes=row.get("login_successes", 0),
-                file_downloads=row.get("downloads", 0),
-                first_seen=_timestamp(first),
-                last_seen=_timestamp(last),
+                events=row.get("events") or 0,
+                login_successes=row.get("login_successes") or 0,
+                file_downloads=row.get("downloads") or 0,
+                first_seen=_timestamp(row.get("first_ts_us")),
+                last_seen=_timestamp(row.get("last_ts_us")),
                 stale=last_ts_us < now - stale_after_us,
             )
         )
     return response
-
-
-def _seen(conn: Connection, window: Window, sensor_id: int) -> tuple[int | None, int | None]:
-    """First and last event time of one sensor in the window (index seeks)."""
-    e = EVENTS.c
-    where = _Scope(window, (sensor_id,)).where(e.ts_us, e.sensor_id)
-    first = conn.execute(select(func.min(e.ts_us)).where(where)).scalar()
-    last = conn.execute(select(func.max(e.ts_us)).where(where)).scalar()
-    return first, last

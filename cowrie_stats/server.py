@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cowrie_stats import SERVICE_NAME, metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
+from cowrie_stats.cache import ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
 from cowrie_stats.interceptors import build_interceptors
@@ -79,7 +80,14 @@ class StatsServer:
         )
         limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
         stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(
-            CowrieStatsServicer(self.router, limits, settings.default_deadline_seconds),
+            CowrieStatsServicer(
+                self.router,
+                limits,
+                settings.default_deadline_seconds,
+                ResultCache(settings.result_cache_entries)
+                if settings.result_cache_entries
+                else None,
+            ),
             self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

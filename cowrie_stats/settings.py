@@ -53,6 +53,7 @@ class Settings:
     tls_client_ca_file: str | None = None
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods; fenced by policy
+    result_cache_entries: int = 256
     max_sensors_per_request: int = 1000
     max_window_days: int = 3660
 
@@ -204,6 +205,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_client_ca_file=client_ca,
         metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
         metrics_host=_raw(env, "METRICS_HOST") or "0.0.0.0",  # noqa: S104
+        result_cache_entries=_int(env, "RESULT_CACHE_ENTRIES", 256, 0, 1_000_000),
         max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
     )

@@ -18,3 +18,11 @@ def test_migrations_round_trip(db: Database) -> None:
     assert not set(Base.metadata.tables) & set(inspect(db.engine).get_table_names())
     upgrade(db.engine)
     assert current_revision(db.engine) == head_revision()
+
+
+def test_migrations_produce_exactly_the_models(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

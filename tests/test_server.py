@@ -305,3 +305,34 @@ def test_deadline_stops_the_remaining_queries_of_a_call(loaded: Database) -> Non
         assert router.run_read(lambda conn: conn.execute(text("SELECT 3")).scalar_one()) == 3
     finally:
         router.close()
+
+
+def test_result_cache_answers_repeats_and_is_never_stale(
+    loaded: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    from cowrie_stats import metrics
+
+    running = start_server(loaded.settings(result_cache_entries=8))
+    request = stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY)
+    hits = metrics.CACHE_HITS._value.get()
+    first = running.stub.GetSessionStats(request)
+    assert running.stub.GetSessionStats(request) == first
+    assert metrics.CACHE_HITS._value.get() == hits + 1
+    extra = tmp_path / "more.json"
+    extra.write_text(
+        json.dumps(
+            {
+                "eventid": "cowrie.session.connect",
+                "session": "late-one",
+                "timestamp": "2026-11-20T12:00:00Z",
+                "sensor": "sensor-eu-1",
+                "src_ip": "198.51.100.99",
+                "protocol": "ssh",
+            }
+        )
+        + "\n"
+    )
+    loaded.ingest([extra])
+    after = running.stub.GetSessionStats(request)
+    assert after.total_sessions == first.total_sessions + 1
+    assert after.unique_source_ips == first.unique_source_ips + 1

@@ -177,8 +177,25 @@ class HourlyRollup(Base):
     login_successes: Mapped[int] = mapped_column(BigInteger, default=0)
     commands: Mapped[int] = mapped_column(BigInteger, default=0)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0)
+    # First and last event of the sensor in the hour (events are never removed,
+    # so these only ever move outwards).
+    first_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_ts_us: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_hourly_rollups_hour", "hour"),)
+
+
+class DataVersion(Base):
+    """One row counting the ingest batches that stored something.
+
+    Bumped in the same transaction as the data, so equal versions mean equal
+    data on any endpoint: the key of the server's result cache.
+    """
+
+    __tablename__ = "data_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class DeadLetter(Base):
@@ -231,3 +248,4 @@ DOWNLOADS = Base.metadata.tables["downloads"]
 HOURLY_ROLLUPS = Base.metadata.tables["hourly_rollups"]
 DEAD_LETTERS = Base.metadata.tables["dead_letters"]
 INGEST_CURSORS = Base.metadata.tables["ingest_cursors"]
+DATA_VERSION = Base.metadata.tables["data_version"]

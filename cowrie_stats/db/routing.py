@@ -228,21 +228,28 @@ class Router:
 
     @contextmanager
     def _read_connection(self, endpoint: Endpoint, timeout: float | None) -> Iterator[Connection]:
-        with endpoint.engine.connect() as conn, conn.begin():
-            if timeout is not None:
+        with endpoint.engine.connect() as conn:
+            postgresql = conn.dialect.name == "postgresql"
+            if postgresql:
+                # One snapshot for all the statements of a call: figures agree with
+                # each other (and with the data version) even while ingest commits.
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                if timeout is None:
+                    yield conn
+                    return
                 conn.info[DEADLINE_KEY] = time.monotonic() + timeout
-            try:
-                if timeout is not None and conn.dialect.name == "postgresql":
-                    # The remaining RPC deadline becomes a statement timeout, so a
-                    # cancelled call stops its query on the server too.
-                    millis = max(1, int(timeout * 1000))
-                    conn.execute(
-                        text("SELECT set_config('statement_timeout', :ms, true)"),
-                        {"ms": str(millis)},
-                    )
-                yield conn
-            finally:
-                conn.info.pop(DEADLINE_KEY, None)
+                try:
+                    if postgresql:
+                        # The remaining RPC deadline becomes a statement timeout, so
+                        # a cancelled call stops its query on the server too.
+                        conn.execute(
+                            text("SELECT set_config('statement_timeout', :ms, true)"),
+                            {"ms": str(max(1, int(timeout * 1000)))},
+                        )
+                    yield conn
+                finally:
+                    conn.info.pop(DEADLINE_KEY, None)
 
     # -- health --------------------------------------------------------------------
 

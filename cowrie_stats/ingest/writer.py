@@ -21,6 +21,7 @@ from sqlalchemy.sql.dml import Insert
 
 from cowrie_stats.db.models import (
     COMMANDS,
+    DATA_VERSION,
     DEAD_LETTERS,
     DOWNLOADS,
     EVENTS,
@@ -86,6 +87,13 @@ class _Rollup:
     login_successes: int = 0
     commands: int = 0
     downloads: int = 0
+    first_ts_us: int | None = None
+    last_ts_us: int | None = None
+
+    def saw(self, ts_us: int) -> None:
+        self.events += 1
+        self.first_ts_us = ts_us if self.first_ts_us is None else min(self.first_ts_us, ts_us)
+        self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
 
 
 @dataclass
@@ -179,6 +187,11 @@ class BatchWriter:
         fresh = [event for digest, event in unique.items() if digest not in existing]
         if fresh:
             self._store(fresh)
+            self.conn.execute(
+                update(DATA_VERSION)
+                .where(DATA_VERSION.c.id == 1)
+                .values(version=DATA_VERSION.c.version + 1)
+            )
         result.stored = len(fresh)
         result.dead_lettered = self._dead_letters(dead_letters)
         if cursor is not None:
@@ -354,7 +367,7 @@ class BatchWriter:
                 "ts_us": e.ts_us,
             }
             bucket = rollups[(sensor_id, e.ts_us // US_PER_HOUR)]
-            bucket.events += 1
+            bucket.saw(e.ts_us)
             if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
                 success = e.eventid == LOGIN_SUCCESS
                 logins.append(
@@ -375,13 +388,16 @@ class BatchWriter:
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
             return
-        names = [f.name for f in dataclasses.fields(_Rollup)]
         stmt: Any = _dialect_insert(self.conn, HOURLY_ROLLUPS)
         table = HOURLY_ROLLUPS
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["sensor_id", "hour"],
-            set_={name: table.c[name] + stmt.excluded[name] for name in names},
-        )
+        least, greatest = _least_greatest(self.conn)
+        counters = [f.name for f in dataclasses.fields(_Rollup) if not f.name.endswith("_ts_us")]
+        updates = {name: table.c[name] + stmt.excluded[name] for name in counters}
+        for name, pick in (("first_ts_us", least), ("last_ts_us", greatest)):
+            # NULL-safe on both backends: SQLite's scalar min/max return NULL on NULL.
+            old, new = table.c[name], stmt.excluded[name]
+            updates[name] = pick(func.coalesce(old, new), func.coalesce(new, old))
+        stmt = stmt.on_conflict_do_update(index_elements=["sensor_id", "hour"], set_=updates)
         rows = [
             {"sensor_id": sensor_id, "hour": hour, **dataclasses.asdict(counts)}
             for (sensor_id, hour), counts in sorted(rollups.items())
