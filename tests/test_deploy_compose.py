@@ -19,6 +19,9 @@ from deploy_tools import (
 )
 
 COMPOSE_DIR = DEPLOY_DIR / "compose"
+INIT_SCRIPT = COMPOSE_DIR / "initdb" / "10-cowrie-stats-roles.sh"
+OWNER_ROLE = "cowrie_stats"
+READER_ROLE = "cowrie_stats_reader"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 APP_SERVICES = ("migrate", "api", "ingest")
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|API_KEY", re.IGNORECASE)
@@ -161,9 +164,8 @@ def test_app_containers_are_locked_down(services: dict[str, dict[str, Any]]) -> 
         assert service["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in service["security_opt"], name
         env = environment(service)
-        assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
+        assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"].startswith("/run/secrets/")
         assert env["COWRIE_STATS_DATABASE_URL"].startswith("postgresql+psycopg://")
-        assert "postgres-replica" in env["COWRIE_STATS_REPLICA_URLS"]
     ingest_volumes = services["ingest"]["volumes"]
     assert len(ingest_volumes) == 1
     assert ingest_volumes[0].endswith(":/var/log/cowrie:ro")
@@ -186,6 +188,93 @@ def test_streaming_replica_bootstraps_with_pg_basebackup(
         "./deploy/compose/initdb:/docker-entrypoint-initdb.d:ro"
         in (services["postgres"]["volumes"])
     )
+
+
+def url_user(url: str) -> str:
+    """The user of a password-less ``scheme://user@host/db`` URL (fails on a password)."""
+    userinfo, at, _ = url.partition("//")[2].partition("@")
+    assert at, f"{url} names no user"
+    assert ":" not in userinfo, f"{url} carries a password"
+    return userinfo
+
+
+def test_api_uses_the_read_only_database_role(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    env = environment(api)
+    assert url_user(env["COWRIE_STATS_DATABASE_URL"]) == READER_ROLE
+    assert "@postgres:5432/" in env["COWRIE_STATS_DATABASE_URL"]
+    replicas = env["COWRIE_STATS_REPLICA_URLS"].split(",")
+    assert [url_user(u) for u in replicas] == [READER_ROLE]
+    assert "@postgres-replica:5432/" in replicas[0]
+    # The password file is injected into the primary and the replica URLs alike.
+    assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_reader_password"
+    # Only the reader's secret is mounted: the api cannot use the owner's password.
+    assert api["secrets"] == ["db_reader_password"]
+
+
+def test_migrate_and_ingest_use_the_owner_role(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("migrate", "ingest"):
+        env = environment(services[name])
+        assert url_user(env["COWRIE_STATS_DATABASE_URL"]) == OWNER_ROLE, name
+        assert "@postgres:5432/" in env["COWRIE_STATS_DATABASE_URL"], name
+        assert "COWRIE_STATS_REPLICA_URLS" not in env, f"{name} writes: primary only"
+        assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password", name
+        assert services[name]["secrets"] == ["db_password"], name
+
+
+def test_postgres_gets_every_role_password(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The init script creates each role with the password of its own secret file."""
+    postgres = services["postgres"]
+    env = environment(postgres)
+    expected = {
+        "POSTGRES_PASSWORD_FILE": "postgres_password",
+        "COWRIE_STATS_DB_PASSWORD_FILE": "db_password",
+        "COWRIE_STATS_DB_READER_PASSWORD_FILE": "db_reader_password",
+        "POSTGRES_REPLICATION_PASSWORD_FILE": "replication_password",
+    }
+    for variable, secret in expected.items():
+        assert env[variable] == f"/run/secrets/{secret}", variable
+    assert sorted(postgres["secrets"]) == sorted(expected.values())
+    assert set(compose["secrets"]) == set(expected.values())
+    script = INIT_SCRIPT.read_text(encoding="utf-8")
+    for variable in expected:
+        if variable != "POSTGRES_PASSWORD_FILE":  # read by the postgres image itself
+            assert f"${{{variable}:?" in script, variable
+
+
+def init_sql_statements() -> list[str]:
+    """The SQL statements of the init script's here-document, comments dropped, one line."""
+    text = INIT_SCRIPT.read_text(encoding="utf-8")
+    match = re.search(r"<<'EOSQL'\n(.*?)\nEOSQL\n", text, re.DOTALL)
+    assert match, "the init script runs its SQL from a quoted EOSQL here-document"
+    sql = "\n".join(line.split("--")[0] for line in match.group(1).splitlines())
+    return [" ".join(part.split()) for part in sql.split(";") if part.strip()]
+
+
+def test_init_script_grants_the_reader_only_select() -> None:
+    statements = init_sql_statements()
+    reader = [s for s in statements if READER_ROLE in s]
+    assert reader == [
+        f"CREATE ROLE {READER_ROLE} WITH LOGIN PASSWORD :'reader_password'",
+        f"ALTER ROLE {READER_ROLE} SET default_transaction_read_only = on",
+        f'GRANT CONNECT ON DATABASE :"dbname" TO {READER_ROLE}',
+        f"GRANT USAGE ON SCHEMA public TO {READER_ROLE}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER_ROLE}",
+        # Tables that later migrations create (as the owner) are readable too.
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA public "
+        f"GRANT SELECT ON TABLES TO {READER_ROLE}",
+    ]
+    # Nothing else is granted to anyone but the owner: no role membership, no write right.
+    for statement in statements:
+        if statement.startswith("GRANT") and not statement.endswith(f"TO {READER_ROLE}"):
+            assert statement.endswith(f"TO {OWNER_ROLE}"), statement
+    # The owner owns the database and the schema; PUBLIC keeps no right on either.
+    assert f'ALTER DATABASE :"dbname" OWNER TO {OWNER_ROLE}' in statements
+    assert f"ALTER SCHEMA public OWNER TO {OWNER_ROLE}" in statements
+    assert 'REVOKE ALL ON DATABASE :"dbname" FROM PUBLIC' in statements
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in statements
 
 
 def test_shell_scripts_pass_shellcheck() -> None:

@@ -29,8 +29,11 @@ from deploy_tools import (
 NAMESPACE = "cowrie-stats"
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-COMPONENTS = {"api", "postgres", "postgres-replica", "migrate"}
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+COMPONENTS = {"api", "postgres", "postgres-replica", "migrate", "ingest"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+OWNER_ROLE = "cowrie_stats"
+READER_ROLE = "cowrie_stats_reader"
+DB_SECRET = "cowrie-stats-db"
 
 
 def kustomization_dirs() -> list[Path]:
@@ -75,7 +78,10 @@ def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
 
 
 def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
-    template = workload["spec"]["template"]
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    template = spec["template"]
     assert isinstance(template, dict)
     return template
 
@@ -135,6 +141,7 @@ def test_kinds_present(objects: list[dict[str, Any]]) -> None:
         "Service",
         "PodDisruptionBudget",
         "Job",
+        "CronJob",
         "StatefulSet",
         "NetworkPolicy",
     } <= kinds
@@ -158,7 +165,7 @@ def test_namespace_and_labels_are_consistent(objects: list[dict[str, Any]]) -> N
         assert labels[COMPONENT_LABEL] in COMPONENTS
         assert labels[COMPONENT_LABEL] == workload["metadata"]["labels"][COMPONENT_LABEL]
         selector = workload["spec"].get("selector")
-        if workload["kind"] != "Job":
+        if workload["kind"] in {"Deployment", "StatefulSet"}:
             assert selector == {"matchLabels": labels}, workload["metadata"]["name"]
 
 
@@ -252,25 +259,87 @@ def test_pod_disruption_budget(objects: list[dict[str, Any]]) -> None:
     assert 0 < pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 
-def test_configuration_and_secret_references(objects: list[dict[str, Any]]) -> None:
-    config = named(objects, "ConfigMap", "cowrie-stats-config")
-    assert set(config["data"]) <= set(SERVICE_ENV_VARS)
-    assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in config["data"])
-    assert "@" in config["data"]["COWRIE_STATS_DATABASE_URL"]
-    assert ":" not in config["data"]["COWRIE_STATS_DATABASE_URL"].split("//")[1].split("@")[0]
-    password_file = config["data"]["COWRIE_STATS_DATABASE_PASSWORD_FILE"]
+def secret_examples() -> dict[str, set[str]]:
+    """Secret name -> keys, from deploy/k8s/base/secrets.yaml.example."""
     example = load_yaml_all(K8S_DIR / "base" / "secrets.yaml.example")
-    example_secrets = {
-        s["metadata"]["name"]: set(s["stringData"])
-        for docs in example.values()
-        for s in docs
-        if s["kind"] == "Secret"
-    }
     for docs in example.values():
         for secret in docs:
             assert all(
                 v.startswith(("CHANGE-ME", "example-")) for v in secret["stringData"].values()
             )
+    return {
+        s["metadata"]["name"]: set(s["stringData"])
+        for docs in example.values()
+        for s in docs
+        if s["kind"] == "Secret"
+    }
+
+
+def url_user(url: str) -> str:
+    """The user of a password-less ``scheme://user@host/db`` URL (fails on a password)."""
+    userinfo, at, _ = url.partition("//")[2].partition("@")
+    assert at, f"{url} names no user"
+    assert ":" not in userinfo, f"{url} carries a password"
+    return userinfo
+
+
+def pod_environment(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment: its ConfigMaps (envFrom, in order), then ``env``."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config = named(objects, "ConfigMap", source["configMapRef"]["name"])
+        env.update(config["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def mounted_secret_files(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """Mounted file path -> ``secret-name/key`` of every Secret item the container sees."""
+    volumes = {v["name"]: v for v in pod_template(workload)["spec"].get("volumes", [])}
+    files: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        assert mount.get("readOnly") is True, mount
+        for item in secret["items"]:
+            files[f"{mount['mountPath']}/{item['path']}"] = f"{secret['secretName']}/{item['key']}"
+    return files
+
+
+def database_access(objects: list[dict[str, Any]], workload: dict[str, Any]) -> dict[str, Any]:
+    """Users of the database URLs and the Secret key of the password file, of a workload."""
+    (container,) = pod_template(workload)["spec"]["containers"]
+    env = pod_environment(objects, container)
+    replicas = [u for u in env.get("COWRIE_STATS_REPLICA_URLS", "").split(",") if u.strip()]
+    password_file = env["COWRIE_STATS_DATABASE_PASSWORD_FILE"]
+    files = mounted_secret_files(workload, container)
+    assert password_file in files, f"{password_file} is not mounted"
+    return {
+        "primary": url_user(env["COWRIE_STATS_DATABASE_URL"]),
+        "replicas": {url_user(u) for u in replicas},
+        "password": files[password_file],
+        "db_secret_keys": {f for f in files.values() if f.startswith(f"{DB_SECRET}/")},
+    }
+
+
+def test_configuration_and_secret_references(objects: list[dict[str, Any]]) -> None:
+    example_secrets = secret_examples()
+    settings = {
+        source["configMapRef"]["name"]
+        for workload in objects
+        if workload["kind"] in WORKLOAD_KINDS
+        for container in containers(workload)
+        for source in container.get("envFrom", [])
+    }
+    assert settings == {"cowrie-stats-config", "cowrie-stats-db-reader", "cowrie-stats-db-owner"}
+    for name in settings:
+        data = named(objects, "ConfigMap", name)["data"]
+        assert set(data) <= set(SERVICE_ENV_VARS), name
+        assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in data), name
+        for key in ("COWRIE_STATS_DATABASE_URL", "COWRIE_STATS_REPLICA_URLS"):
+            for url in filter(None, data.get(key, "").split(",")):
+                url_user(url)
     for workload in (o for o in objects if o["kind"] in WORKLOAD_KINDS):
         volumes = pod_template(workload)["spec"].get("volumes", [])
         for volume in volumes:
@@ -283,9 +352,92 @@ def test_configuration_and_secret_references(objects: list[dict[str, Any]]) -> N
                 assert "value" in env or "valueFrom" in env
                 if "SECRET" in env["name"] or "PASSWORD" in env["name"]:
                     assert env["name"].endswith("_FILE"), env["name"]
+
+
+def test_secret_files_are_readable_by_the_pod_user(objects: list[dict[str, Any]]) -> None:
+    """Secret files are root-owned: a mode without "other" read needs fsGroup."""
+    for workload in (o for o in objects if o["kind"] in WORKLOAD_KINDS):
+        spec = pod_template(workload)["spec"]
+        for volume in spec.get("volumes", []):
+            secret = volume.get("secret")
+            if secret is None or secret.get("defaultMode", 0o644) & 0o004:
+                continue
+            assert secret["defaultMode"] & 0o040, volume["name"]
+            assert spec["securityContext"].get("fsGroup") == spec["securityContext"].get(
+                "runAsGroup"
+            ), f"{workload['metadata']['name']}: set fsGroup to read {volume['name']}"
+
+
+def test_api_uses_the_read_only_database_role(objects: list[dict[str, Any]]) -> None:
+    access = database_access(objects, named(objects, "Deployment", "cowrie-stats-api"))
+    assert access["primary"] == READER_ROLE
+    assert access["replicas"] == {READER_ROLE}, "the api reads from the replica as reader"
+    assert access["password"] == f"{DB_SECRET}/reader-password"
+    # The api holds no other database credential: not the owner's password.
+    assert access["db_secret_keys"] == {f"{DB_SECRET}/reader-password"}
+
+
+def test_migrate_and_ingest_use_the_owner_role(objects: list[dict[str, Any]]) -> None:
+    for workload in (
+        named(objects, "Job", "cowrie-stats-migrate"),
+        named(objects, "CronJob", "cowrie-stats-ingest"),
+    ):
+        access = database_access(objects, workload)
+        where = workload["metadata"]["name"]
+        assert access["primary"] == OWNER_ROLE, where
+        assert access["replicas"] == set(), f"{where} writes: primary only"
+        assert access["password"] == f"{DB_SECRET}/password", where
+        assert access["db_secret_keys"] == {f"{DB_SECRET}/password"}, where
+
+
+def test_postgres_primary_gets_every_role_password(objects: list[dict[str, Any]]) -> None:
+    """The init script (postgres-scripts.yaml) reads one file per role it creates."""
+    primary = named(objects, "StatefulSet", "postgres")
+    (container,) = pod_template(primary)["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    files = mounted_secret_files(primary, container)
+    assert files[env["COWRIE_STATS_DB_PASSWORD_FILE"]] == f"{DB_SECRET}/password"
+    assert files[env["COWRIE_STATS_DB_READER_PASSWORD_FILE"]] == f"{DB_SECRET}/reader-password"
+    assert files[env["POSTGRES_REPLICATION_PASSWORD_FILE"]] == f"{DB_SECRET}/replication-password"
+    assert files[env["POSTGRES_PASSWORD_FILE"]] == f"{DB_SECRET}/postgres-password"
+
+
+def test_ingest_cronjob(objects: list[dict[str, Any]]) -> None:
+    cronjob = named(objects, "CronJob", "cowrie-stats-ingest")
     api = named(objects, "Deployment", "cowrie-stats-api")
-    mounts = {m["mountPath"] for c in containers(api) for m in c["volumeMounts"]}
-    assert str(Path(password_file).parent) in mounts
+    spec = cronjob["spec"]
+    assert spec["schedule"] == "*/5 * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid", "never two runs over the same files"
+    assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
+    template = pod_template(cronjob)
+    assert template["metadata"]["labels"] == {
+        NAME_LABEL: "cowrie-stats",
+        COMPONENT_LABEL: "ingest",
+    }
+    pod = template["spec"]
+    assert pod["restartPolicy"] in {"OnFailure", "Never"}
+    # The same hardening as the api pods (test_every_pod_is_hardened checks the rest).
+    (api_container,) = pod_template(api)["spec"]["containers"]
+    (container,) = pod["containers"]
+    assert container["securityContext"] == api_container["securityContext"]
+    api_pod_security = pod_template(api)["spec"]["securityContext"]
+    for key in ("runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"):
+        assert pod["securityContext"][key] == api_pod_security[key], key
+    assert container["image"] == api_container["image"]
+    assert container["args"] == ["ingest", "--json", "/var/log/cowrie"]
+    # The logs: a PersistentVolumeClaim (no hostPath under Pod Security "restricted"),
+    # mounted read-only where the command reads them.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert not any("hostPath" in v for v in volumes.values())
+    (logs,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/var/log/cowrie"]
+    assert logs["readOnly"] is True
+    claim = volumes[logs["name"]]["persistentVolumeClaim"]
+    assert claim == {"claimName": "cowrie-logs", "readOnly": True}
+    example = load_yaml_all(K8S_DIR / "base" / "cowrie-logs-pvc.yaml.example")
+    claims = [d for docs in example.values() for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert [(c["metadata"]["name"], c["metadata"]["namespace"]) for c in claims] == [
+        ("cowrie-logs", NAMESPACE)
+    ]
 
 
 def test_migration_job(objects: list[dict[str, Any]]) -> None:
@@ -295,7 +447,11 @@ def test_migration_job(objects: list[dict[str, Any]]) -> None:
     (api_container,) = pod_template(api)["spec"]["containers"]
     assert container["args"] == ["migrate"]
     assert container["image"] == api_container["image"]
-    assert container["envFrom"] == api_container["envFrom"]
+    # The common settings of the api, the owner role's database settings instead of the
+    # reader's.
+    assert container["envFrom"][0] == api_container["envFrom"][0]
+    assert container["envFrom"][1:] == [{"configMapRef": {"name": "cowrie-stats-db-owner"}}]
+    assert api_container["envFrom"][1:] == [{"configMapRef": {"name": "cowrie-stats-db-reader"}}]
     assert pod_template(job)["spec"]["restartPolicy"] in {"OnFailure", "Never"}
 
 

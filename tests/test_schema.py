@@ -26,3 +26,22 @@ def test_migrations_produce_exactly_the_models(db: Database) -> None:
 
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_migrate_with_a_password_full_of_special_characters(pg_cluster: object) -> None:
+    from pgcluster import PgCluster
+    from sqlalchemy.engine import make_url
+
+    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.settings import Settings
+
+    assert isinstance(pg_cluster, PgCluster)
+    # The test cluster trusts loopback, so any password is accepted: this checks
+    # that the URL survives migrations (configparser once choked on "%").
+    url = make_url(pg_cluster.primary_url).set(password="p%a=s/s+w:o@rd")
+    engine = create_db_engine(url.render_as_string(hide_password=False), Settings(), writer=True)
+    try:
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

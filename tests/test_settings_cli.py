@@ -200,3 +200,17 @@ def test_ingest_watch_exposes_metrics_and_stops_on_sigterm(tmp_path: Path) -> No
     assert summaries[0]["events_stored"] == 1289
     assert all(s["events_stored"] == 0 for s in summaries[1:])
     assert len(summaries) >= 2
+
+
+def test_env_example_lists_every_variable() -> None:
+    import re
+
+    from conftest import REPO
+
+    source = (REPO / "cowrie_stats" / "settings.py").read_text()
+    read = set(
+        re.findall(r'_(?:raw|int|float|choice|bool|optional_path)\(env, "([A-Z_]+)"', source)
+    )
+    example = (REPO / ".env.example").read_text()
+    assert read, "the pattern no longer finds the settings"
+    assert sorted(k for k in read if f"COWRIE_STATS_{k}" not in example) == []

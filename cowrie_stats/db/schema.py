@@ -17,10 +17,11 @@ class SchemaError(RuntimeError):
     """The database schema is not the one this version of the code knows."""
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config() -> Config:
+    # No URL in the config: env.py runs on the connection we hand it, and a
+    # password in configparser would be both logged risk and broken by "%".
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
@@ -38,7 +39,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (``alembic upgrade head`` by default)."""
-    config = alembic_config(engine)
+    config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
@@ -46,7 +47,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema back to ``revision`` (``base`` removes every table)."""
-    config = alembic_config(engine)
+    config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
