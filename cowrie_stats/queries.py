@@ -44,7 +44,6 @@ from cowrie_stats.errors import FieldViolation, InvalidArgumentError, NotFoundEr
 from cowrie_stats.validation import MAX_BUCKETS, Filters, Window
 
 US_PER_HOUR = 3_600_000_000
-PROTOCOL_KEYS = ("ssh", "telnet", "unknown")
 
 
 def _timestamp(ts_us: int | None) -> Timestamp | None:
@@ -241,14 +240,15 @@ def session_stats(
             func.max(s.commands),
             func.sum(s.duration_s),
             func.count(s.duration_s),
+            func.count(),
+            # The ingest stores only these protocol values (anything else is "unknown").
+            func.sum(case((s.protocol == "ssh", 1), else_=0)),
+            func.sum(case((s.protocol == "telnet", 1), else_=0)),
         ).where(in_scope)
     ).one()
-    by_protocol = dict.fromkeys(PROTOCOL_KEYS, 0)
-    for protocol, count in conn.execute(
-        select(s.protocol, func.count()).where(in_scope).group_by(s.protocol)
-    ):
-        by_protocol[protocol] = by_protocol.get(protocol, 0) + count
-    total_sessions = sum(by_protocol.values())
+    total_sessions = int(summary[7])
+    ssh, telnet = int(summary[8] or 0), int(summary[9] or 0)
+    by_protocol = {"ssh": ssh, "telnet": telnet, "unknown": total_sessions - ssh - telnet}
     counts = figures_by_sensor(conn, scope, [LOGINS, LOGIN_SUCCESSES, COMMAND_COUNT])
     downloads = _download_totals(conn, scope)
     logins = _total(counts, "login_attempts")
