@@ -8,12 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cowrie_stats import metrics
 from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
+from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
 from cowrie_stats.settings import Settings
 
 log = logging.getLogger("cowrie_stats.access")
+_MALFORMED = object()  # stands for a request whose bytes did not decode
 
 
 def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
@@ -41,6 +44,15 @@ class AccessLogInterceptor(Interceptor):
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
+        deserialize = handler.request_deserializer
+
+        def tolerant_deserialize(raw: bytes) -> Any:
+            # grpc answers INTERNAL when a request does not decode; it is the
+            # caller's fault, so keep it and answer INVALID_ARGUMENT instead.
+            try:
+                return deserialize(raw) if deserialize else raw
+            except DecodeError:
+                return _MALFORMED
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -48,6 +60,9 @@ class AccessLogInterceptor(Interceptor):
             failed = False
             token = CALLER.set(None)  # pool threads are reused: forget the last caller
             try:
+                if request is _MALFORMED:
+                    violation = FieldViolation("request", "the message does not decode")
+                    abort(context, InvalidArgumentError([violation]))
                 return inner(request, context)
             except BaseException:
                 failed = True
@@ -70,7 +85,7 @@ class AccessLogInterceptor(Interceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserialize,
             response_serializer=handler.response_serializer,
         )
 
