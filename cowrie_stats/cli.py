@@ -255,9 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import OperationalError
 
         if isinstance(error, OperationalError):
+            # The driver's first line says what happened (refused, disk full, ...);
+            # neither it nor the redacted URL carries a password.
+            reason = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
             print(
                 f"cowrie-stats: database unavailable ({redact_url(settings.database_url)}): "
-                f"{type(error.orig).__name__}",
+                f"{type(error.orig).__name__}: {reason}",
                 file=sys.stderr,
             )
             return 1

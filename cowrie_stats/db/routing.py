@@ -238,7 +238,10 @@ class Router:
                 if timeout is None:
                     yield conn
                     return
-                conn.info[DEADLINE_KEY] = time.monotonic() + timeout
+                # Keep the dict itself: once the connection breaks mid-call, touching
+                # conn.info again would raise instead of the original error.
+                info = conn.info
+                info[DEADLINE_KEY] = time.monotonic() + timeout
                 try:
                     if postgresql:
                         # The remaining RPC deadline becomes a statement timeout, so
@@ -249,7 +252,7 @@ class Router:
                         )
                     yield conn
                 finally:
-                    conn.info.pop(DEADLINE_KEY, None)
+                    info.pop(DEADLINE_KEY, None)
 
     # -- health --------------------------------------------------------------------
 
