@@ -46,7 +46,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy --strict cowrie_stats tests scripts
+	$(BIN)/mypy --strict cowrie_stats tests scripts bench
 
 proto-lint: tools
 	$(BUF) lint

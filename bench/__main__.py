@@ -1,0 +1,278 @@
+"""``python -m bench`` (``make bench``): ingest and query benchmarks on a throwaway PostgreSQL.
+
+Prints a table and writes a JSON report (default ``bench/results/<UTC timestamp>.json``).
+Issue 9 sizes: ``--sessions 1000000`` (about 10M events, the default); a scaled-down run,
+e.g. ``--sessions 50000``, finishes in minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import ingest_bench, query_bench
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+# Bench-only PostgreSQL settings on top of the test harness defaults (fsync off etc.).
+PG_CONF = {"shared_buffers": "256MB", "work_mem": "16MB", "max_wal_size": "2GB"}
+
+TARGET_INGEST_EPS = 100_000
+TARGET_COPY_RATIO = 1 / 3
+TARGET_INGEST_RSS_MB = 200
+TARGET_P99_MS = 25.0
+TARGET_NAIVE_RATIO = 20.0
+TARGET_HEALTH_RATIO = 3.0
+TARGET_RPS = 2000
+TARGET_SERVER_RSS_MB = 150
+RSS_FLAT_TOLERANCE = 1.15  # large-file peak within 15 % of the small-file peak
+
+
+def pg_cluster_class() -> Any:
+    """``tests/pgcluster.PgCluster`` (the test tooling's throwaway server)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import pgcluster
+
+    return pgcluster.PgCluster
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with Path("/proc/cpuinfo").open() as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    postgres = ""
+    pg_bin = Path("/usr/lib/postgresql")
+    versions = sorted(pg_bin.glob("*/bin/postgres")) if pg_bin.is_dir() else []
+    if versions:
+        out = subprocess.run([str(versions[-1]), "--version"], capture_output=True, text=True)
+        postgres = out.stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "postgres": postgres,
+        "kernel": platform.release(),
+    }
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each issue 9 target: measured value, limit, met or not."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, limit: float, higher_is_better: bool) -> None:
+        met = value >= limit if higher_is_better else value <= limit
+        out.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    ingest = report.get("ingest")
+    if ingest:
+        add("ingest events/s", ingest["events_per_second"], TARGET_INGEST_EPS, True)
+        add("ingest / COPY speed", ingest["copy_ratio"], round(TARGET_COPY_RATIO, 3), True)
+        rss = ingest["peak_rss_mb"]
+        add("ingest peak RSS MB", max(rss.values()), TARGET_INGEST_RSS_MB, False)
+        add(
+            "ingest RSS large/small",
+            round(rss["large"] / rss["small"], 3),
+            RSS_FLAT_TOLERANCE,
+            False,
+        )
+        add("re-ingest new rows", ingest["reingest_new_rows"], 0, False)
+    query = report.get("query")
+    if query:
+        rows = query["scenarios"]
+        add("stats p99 ms (worst)", max(r["p99_ms"] for r in rows), TARGET_P99_MS, False)
+        long_windows = [r for r in rows if r["window"] in ("30d", "all")]
+        if long_windows:
+            worst = min(r["naive_over_rpc_p50"] for r in long_windows)
+            add("naive/rpc p50, 30d+all (worst)", worst, TARGET_NAIVE_RATIO, True)
+        add(
+            "stats p50 / health p50 (worst)",
+            max(r["vs_health_p50"] for r in rows),
+            TARGET_HEALTH_RATIO,
+            False,
+        )
+        add("mixed stats RPC/s", query["mixed"]["calls_per_second"], TARGET_RPS, True)
+        cached = query["result_cache_on"]
+        add("mixed stats RPC/s, cache on", cached["mixed"]["calls_per_second"], TARGET_RPS, True)
+        errors = sum(r["errors"] for r in rows) + query["mixed"]["errors"]
+        errors += cached["mixed"]["errors"] + cached["health"]["errors"]
+        add("errors", errors + query["health"]["errors"], 0, False)
+        peak = max(query["server_memory_mb"]["VmHWM"], cached["server_memory_mb"]["VmHWM"])
+        add("server peak RSS MB", peak, TARGET_SERVER_RSS_MB, False)
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    ingest = report.get("ingest")
+    if ingest:
+        lines.append(f"INGEST ({ingest['events']} events, {ingest['file_bytes'] / 1e6:.0f} MB)")
+        for label, run in ingest["runs"].items():
+            lines.append(
+                f"  cowrie-stats ingest {label:<6} {run['events_in_file']:>9} ev "
+                f"{run['events_per_second']:>10.0f} ev/s  peak RSS {run['peak_rss_mb']:.0f} MB"
+            )
+        dedup = ingest["reingest_new_file_same_events"]
+        same = ingest["reingest_same_file"]
+        lines.append(
+            f"  re-ingest same file: {same['summary']['events_stored']} new;"
+            f" same events, new file: {dedup['summary']['events_stored']} new"
+            f" ({dedup['events_per_second']:.0f} ev/s)"
+        )
+        lines.append(
+            f"  raw COPY             {ingest['copy']['events_per_second']:>10.0f} ev/s"
+            f"   ingest/COPY = {ingest['copy_ratio']:.3f}"
+        )
+    query = report.get("query")
+    if query:
+        data = query["data"]
+        lines.append(
+            f"\nQUERIES ({data['sessions']} sessions, {data['events']} events,"
+            f" {query['clients']} clients, {query['duration_per_scenario_s']} s each)"
+        )
+        header = (
+            f"  {'scenario':<28}{'calls/s':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'err':>5}"
+            f"{'/health':>8}{'1-client':>9}{'naive p50':>11}{'naive/rpc':>10}{'/1-cl':>7}"
+        )
+        lines.append(header)
+        health = query["health"]
+        lines.append(
+            f"  {'health/check':<28}{health['calls_per_second']:>9.0f}{health['p50_ms']:>9.2f}"
+            f"{health['p95_ms']:>9.2f}{health['p99_ms']:>9.2f}{health['errors']:>5}"
+        )
+        for r in query["scenarios"]:
+            lines.append(
+                f"  {r['scenario']:<28}{r['calls_per_second']:>9.0f}{r['p50_ms']:>9.2f}"
+                f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>5}{r['vs_health_p50']:>8.1f}"
+                f"{r['unloaded_p50_ms']:>9.1f}{r['naive_p50_ms']:>11.1f}"
+                f"{r['naive_over_rpc_p50']:>10.1f}{r['naive_over_unloaded_rpc']:>7.1f}"
+            )
+        mixed = query["mixed"]
+        lines.append(
+            f"  {'mixed/all-stats':<28}{mixed['calls_per_second']:>9.0f}{mixed['p50_ms']:>9.2f}"
+            f"{mixed['p95_ms']:>9.2f}{mixed['p99_ms']:>9.2f}{mixed['errors']:>5}"
+        )
+        on = query["result_cache_on"]["mixed"]
+        lines.append(
+            f"  {'mixed, result cache on':<28}{on['calls_per_second']:>9.0f}{on['p50_ms']:>9.2f}"
+            f"{on['p95_ms']:>9.2f}{on['p99_ms']:>9.2f}{on['errors']:>5}"
+        )
+        memory = query["server_memory_mb"]
+        lines.append(
+            f"  server RSS peak {memory['VmHWM']} MB (now {memory['VmRSS']} MB); CPU share"
+            f" server {query['server_cpu_share']}, load generator {query['loadgen_cpu_share']}"
+        )
+        lines.append(
+            "  (ms; /health = p50 over health p50; 1-client = unloaded p50 of sequential calls;"
+            " naive/rpc and /1-cl = naive p50 over loaded and unloaded RPC p50)"
+        )
+    lines.append("\nTARGETS (issue 9)")
+    for t in report["targets"]:
+        mark = "met" if t["met"] else "NOT met"
+        lines.append(f"  {t['target']:<34}{t['value']:>12} (limit {t['limit']})  {mark}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000, help="ingest benchmark size")
+    parser.add_argument(
+        "--sessions", type=int, default=1_000_000, help="query benchmark size (sessions)"
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load scenario")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent gRPC clients")
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scenarios", default="", help="regex: only matching query scenarios")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-query", action="store_true")
+    parser.add_argument("--output", type=Path, help="JSON report path")
+    parser.add_argument("--workdir", type=Path, help="where generated logs go (default: tmp)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, cluster: Any | None = None) -> dict[str, Any]:
+    """Run the selected benchmarks; starts (and tears down) a cluster unless given one."""
+    own = cluster is None
+    if cluster is None:
+        cluster = pg_cluster_class()(replicas=0, extra_conf=PG_CONF)
+        cluster.start()
+    workdir = Path(tempfile.mkdtemp(prefix="cowrie-bench-", dir=args.workdir))
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "postgres_conf": PG_CONF if own else "test harness defaults",
+    }
+    try:
+        if not args.skip_ingest:
+            print(f"ingest bench: {args.events} events", file=sys.stderr)
+            report["ingest"] = ingest_bench.run(
+                cluster.admin_url, cluster.primary_url, workdir, args.events, args.seed
+            )
+        if not args.skip_query:
+            pattern = re.compile(args.scenarios)
+            report["query"] = query_bench.run(
+                cluster.admin_url,
+                cluster.primary_url,
+                workdir,
+                sessions=args.sessions,
+                seed=args.seed,
+                duration=args.duration,
+                clients=args.clients,
+                processes=args.processes,
+                select=lambda name: bool(pattern.search(name)),
+                log=lambda text: print(text, file=sys.stderr),
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if own:
+            cluster.teardown()
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["targets"] = targets(report)
+    return report
+
+
+def write_report(report: dict[str, Any], output: Path | None) -> Path:
+    if output is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        output = RESULTS / f"{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return output
+
+
+def main(argv: Sequence[str] | None = None, cluster: Any | None = None) -> int:
+    """Run, print the table, write the JSON report; ``cluster``: reuse a started PgCluster."""
+    args = parse_args(argv)
+    report = run(args, cluster)
+    report["command"] = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    print(table(report))
+    path = write_report(report, args.output)
+    print(f"\nJSON report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

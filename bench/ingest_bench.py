@@ -1,0 +1,182 @@
+"""Ingest benchmark on PostgreSQL: ``cowrie-stats ingest`` against raw ``COPY``.
+
+For two file sizes (to show peak memory does not grow with the file), each into a fresh
+database: the real CLI in a subprocess (events/s from its own summary and from wall time;
+peak RSS from ``wait4``). Then two re-ingest passes of the large file, both of which must
+store 0 new rows: the same file again (the cursor skips it) and the same events in a new
+file (a different head, so every line is parsed again and dropped by content dedup).
+The physical limit is ``COPY`` of the same lines, streamed as they are, into an unindexed
+one-column table in a fresh database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import create_engine, text
+
+from bench import generate
+
+REPO = Path(__file__).resolve().parent.parent
+COPY_CHUNK = 1 << 20
+# Raw lines go through CSV COPY with quote/delimiter bytes that JSON never contains
+# unescaped, so the bytes are stored exactly as read.
+COPY_SQL = "COPY raw_copy (line) FROM STDIN (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+
+
+@dataclass
+class IngestRun:
+    """One ``cowrie-stats ingest`` process."""
+
+    events_in_file: int
+    wall_seconds: float
+    ingest_seconds: float
+    peak_rss_mb: float
+    summary: dict[str, Any]
+
+    @property
+    def events_per_second(self) -> float:
+        return self.summary["lines_read"] / self.ingest_seconds if self.ingest_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"events_per_second": round(self.events_per_second, 1)}
+
+
+def fresh_database(admin_url: str, app_url: str, prefix: str) -> tuple[str, str]:
+    """Create an empty database owned by the app role; (SQLAlchemy URL, libpq DSN)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER cowrie'))
+    admin.dispose()
+    url = app_url.rsplit("/", 1)[0] + "/" + name
+    return url, url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def migrate(url: str) -> None:
+    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.schema import upgrade
+    from cowrie_stats.settings import Settings
+
+    engine = create_db_engine(url, Settings(database_url=url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def cli_env(url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COWRIE_STATS_")}
+    env.update(COWRIE_STATS_DATABASE_URL=url, COWRIE_STATS_ENV_FILE="/nonexistent", **extra)
+    return env
+
+
+def run_ingest(url: str, path: Path, events_in_file: int) -> IngestRun:
+    """``cowrie-stats ingest --json PATH`` in a subprocess; peak RSS from its rusage."""
+    argv = [sys.executable, "-m", "cowrie_stats.cli", "ingest", "--json", str(path)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(url), cwd=REPO
+    )
+    stdout, stderr = _drain(proc)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ingest failed ({proc.returncode}): {stderr.decode()[-2000:]}")
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    return IngestRun(
+        events_in_file=events_in_file,
+        wall_seconds=round(wall, 3),
+        ingest_seconds=float(summary["seconds"]),
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
+        summary=summary,
+    )
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Read both pipes to EOF without reaping the child (wait4 reaps it for its rusage)."""
+    chunks: dict[str, bytes] = {}
+
+    def read(name: str, stream: Any) -> None:
+        chunks[name] = stream.read()
+
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=read, args=("err", proc.stderr))
+    reader.start()
+    chunks["out"] = proc.stdout.read()
+    reader.join()
+    return chunks["out"], chunks["err"]
+
+
+def raw_copy(dsn: str, path: Path) -> dict[str, Any]:
+    """COPY the file's lines into an unindexed table; the physical limit."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE raw_copy (line text)")
+        conn.commit()
+        started = time.monotonic()
+        with conn.cursor() as cur, cur.copy(COPY_SQL) as copy, path.open("rb") as source:
+            while chunk := source.read(COPY_CHUNK):
+                copy.write(chunk)
+        conn.commit()
+        seconds = time.monotonic() - started
+        rows = conn.execute("SELECT count(*) FROM raw_copy").fetchone()
+    count = int(rows[0]) if rows else 0
+    return {
+        "rows": count,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(count / seconds, 1) if seconds else 0.0,
+    }
+
+
+def run(admin_url: str, app_url: str, workdir: Path, events: int, seed: int) -> dict[str, Any]:
+    """The whole ingest benchmark; returns the JSON section."""
+    sizes = {"small": max(1, events // 4), "large": events}
+    files: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    for label, size in sizes.items():
+        files[label] = workdir / f"ingest-{label}.json"
+        counts[label] = generate.write_file(files[label], events=size, seed=seed)
+    runs: dict[str, IngestRun] = {}
+    url = ""
+    for label in sizes:
+        url, _ = fresh_database(admin_url, app_url, f"bench_ingest_{label}")
+        migrate(url)
+        runs[label] = run_ingest(url, files[label], counts[label])
+    # Re-ingest into the database of the large run.
+    again = run_ingest(url, files["large"], counts["large"])
+    renamed = workdir / "ingest-large-copy.json"
+    with renamed.open("wb") as out, files["large"].open("rb") as source:
+        out.write(b"\n")  # new head hash: no cursor, every line parsed and deduplicated
+        while chunk := source.read(COPY_CHUNK):
+            out.write(chunk)
+    dedup = run_ingest(url, renamed, counts["large"])
+    _, dsn = fresh_database(admin_url, app_url, "bench_copy")
+    copy = raw_copy(dsn, files["large"])
+    large = runs["large"]
+    for path in [*files.values(), renamed]:
+        path.unlink(missing_ok=True)
+    return {
+        "events": counts["large"],
+        "file_bytes": large.summary["bytes_read"],
+        "runs": {label: r.as_dict() for label, r in runs.items()},
+        "reingest_same_file": again.as_dict(),
+        "reingest_new_file_same_events": dedup.as_dict(),
+        "copy": copy,
+        "events_per_second": round(large.events_per_second, 1),
+        "copy_ratio": round(large.events_per_second / copy["events_per_second"], 4)
+        if copy["events_per_second"]
+        else 0.0,
+        "peak_rss_mb": {label: r.peak_rss_mb for label, r in runs.items()},
+        "reingest_new_rows": again.summary["events_stored"] + dedup.summary["events_stored"],
+    }

@@ -1,0 +1,503 @@
+"""Query benchmark: the real server under concurrent gRPC load, against the naive GROUP BY.
+
+1. Generate ``sessions`` sessions and load them with the real ``cowrie-stats ingest``.
+2. Start the real server (``cowrie-stats serve`` subprocess, loopback, primary only) with its
+   result cache turned off (``COWRIE_STATS_RESULT_CACHE_ENTRIES=0``): the load repeats the
+   same few requests, so with the cache on nearly every call would be a cache hit and the
+   figures would measure the cache, not the queries.
+3. Drive every statistics RPC over the windows 1 hour, 1 day, 30 days and all time, with and
+   without a sensor filter (the busiest sensor), with ``clients`` concurrent clients for
+   ``duration`` seconds per scenario; the health Check RPC as the floor; and a mixed scenario
+   cycling through every stats request (the throughput target). Then the mixed scenario
+   again against a server with the default settings (result cache on), reported apart.
+4. The baseline: the same figures computed by naive GROUP BY queries straight over the raw
+   ``events`` table (its JSON text cast to jsonb, no rollups, no per-session table, no
+   per-event tables), timed sequentially on one connection.
+
+Windows end at "now" = one second after the last event, not on an hour boundary, so the
+partial hours at the edges are exercised as a dashboard asking for "the last N" would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench import generate
+from bench.ingest_bench import REPO, cli_env, fresh_database, migrate, run_ingest
+from bench.loadgen import LoadResult, run_load
+
+US_PER_HOUR = 3_600_000_000
+WINDOWS: dict[str, int | None] = {
+    "1h": US_PER_HOUR,
+    "1d": 24 * US_PER_HOUR,
+    "30d": 30 * 24 * US_PER_HOUR,
+    "all": None,
+}
+RPCS = ("GetSessionStats", "GetThreatStats", "GetSensorStats")
+SHORT = {"GetSessionStats": "session", "GetThreatStats": "threat", "GetSensorStats": "sensor"}
+NAIVE_BUDGET_SECONDS = 3.0
+NAIVE_MAX_REPS = 5
+NAIVE_TIMEOUT_MS = 600_000
+SERVER_START_TIMEOUT = 60.0
+SINGLE_REPS = 3
+
+LOGIN = "('cowrie.login.success', 'cowrie.login.failed')"
+DOWNLOAD = "'cowrie.session.file_download'"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    method: str
+    window: str
+    sensor: str | None
+    start_us: int | None
+    end_us: int | None
+
+    def request(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.start_us is not None and self.end_us is not None:
+            body["time_range"] = {
+                "start_time": _rfc3339(self.start_us),
+                "end_time": _rfc3339(self.end_us),
+            }
+        if self.sensor is not None:
+            body["sensors"] = [self.sensor]
+        if self.method == "GetThreatStats":
+            body["top_n"] = 10
+        return body
+
+
+def _rfc3339(ts_us: int) -> str:
+    return generate._iso(ts_us)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of unsorted values; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 100)) - 1))
+    return float(ordered[rank])
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def load(admin_url: str, app_url: str, workdir: Path, sessions: int, seed: int) -> dict[str, Any]:
+    """Generate and ingest; returns url, dsn and the ingest figures."""
+    url, dsn = fresh_database(admin_url, app_url, "bench_query")
+    migrate(url)
+    path = workdir / "query.json"
+    started = time.monotonic()
+    events = generate.write_file(path, sessions=sessions, seed=seed)
+    generated = time.monotonic() - started
+    ingest = run_ingest(url, path, events)
+    path.unlink(missing_ok=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM events),"
+            " (SELECT max(ts_us) FROM events), pg_database_size(current_database())"
+        ).fetchone()
+        busiest = conn.execute(
+            "SELECT s.name FROM hourly_rollups h JOIN sensors s ON s.id = h.sensor_id"
+            " GROUP BY s.name ORDER BY sum(h.events) DESC LIMIT 1"
+        ).fetchone()
+    assert row is not None and busiest is not None
+    return {
+        "url": url,
+        "dsn": dsn,
+        "sessions": int(row[0]),
+        "events": int(row[1]),
+        "last_ts_us": int(row[2]),
+        "database_mb": round(int(row[3]) / 2**20, 1),
+        "busiest_sensor": str(busiest[0]),
+        "generate_seconds": round(generated, 2),
+        "ingest": ingest.as_dict(),
+    }
+
+
+def scenarios(last_ts_us: int, sensor: str) -> list[Scenario]:
+    now = last_ts_us + 1_000_000
+    out = []
+    for method in RPCS:
+        for window, width in WINDOWS.items():
+            for filtered in (None, sensor):
+                start = None if width is None else now - width
+                end = None if width is None else now
+                tag = "sensor" if filtered else "all-sensors"
+                name = f"{SHORT[method]}/{window}/{tag}"
+                out.append(Scenario(name, method, window, filtered, start, end))
+    return out
+
+
+# -- server ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``cowrie-stats serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, url: str, workdir: Path, *, result_cache: bool) -> None:
+        self.port = _free_port()
+        self.log_path = workdir / f"server-cache-{'on' if result_cache else 'off'}.log"
+        extra = {"COWRIE_STATS_GRPC_HOST": "127.0.0.1", "COWRIE_STATS_GRPC_PORT": str(self.port)}
+        if not result_cache:
+            extra["COWRIE_STATS_RESULT_CACHE_ENTRIES"] = "0"
+        env = cli_env(url, **extra)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cowrie_stats.cli", "serve"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError("server did not report SERVING in time")
+
+    def memory(self) -> dict[str, float]:
+        """VmHWM (peak) and VmRSS of the server process, in MB."""
+        out: dict[str, float] = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+        return out
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def single_calls(
+    target: str, chosen: Sequence[Scenario]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Replies (to cross-check against the naive queries) and unloaded latency per scenario.
+
+    Unloaded latency: median of SINGLE_REPS sequential calls from one client, after one
+    warm-up call; it separates the cost of a call from queueing under load.
+    """
+    import grpc
+    from google.protobuf import json_format
+
+    from bench.loadgen import _method
+
+    out: dict[str, Any] = {}
+    unloaded: dict[str, float] = {}
+    with grpc.insecure_channel(target) as channel:
+        for sc in chosen:
+            path, request_cls, response_cls = _method(sc.method)
+            call = channel.unary_unary(
+                path,
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString,
+            )
+            request = json_format.ParseDict(sc.request(), request_cls())
+            reply = call(request, timeout=120)
+            out[sc.name] = json_format.MessageToDict(reply, preserving_proto_field_name=True)
+            times = []
+            for _ in range(SINGLE_REPS):
+                started = time.perf_counter()
+                call(request, timeout=120)
+                times.append((time.perf_counter() - started) * 1000)
+            unloaded[sc.name] = round(statistics.median(times), 2)
+    return out, unloaded
+
+
+# -- naive baseline ------------------------------------------------------------------------
+
+
+def _where(sc: Scenario) -> tuple[str, dict[str, Any]]:
+    clauses = ["true"]
+    params: dict[str, Any] = {}
+    if sc.start_us is not None:
+        clauses.append("e.ts_us >= %(start)s")
+        params["start"] = sc.start_us
+    if sc.end_us is not None:
+        clauses.append("e.ts_us < %(end)s")
+        params["end"] = sc.end_us
+    if sc.sensor is not None:
+        clauses.append("s.name = %(sensor)s")
+        params["sensor"] = sc.sensor
+    return " AND ".join(clauses), params
+
+
+def _events_cte(where: str) -> str:
+    return (
+        "WITH ev AS (SELECT e.sensor_id, s.name AS sensor, e.session, e.eventid, e.ts_us,"
+        " e.raw::jsonb AS j FROM events e JOIN sensors s ON s.id = e.sensor_id"
+        f" WHERE {where}) "
+    )
+
+
+def naive_sql(sc: Scenario) -> list[tuple[str, dict[str, Any]]]:
+    """The statements a naive implementation would run for ``sc``."""
+    where, params = _where(sc)
+    ev = _events_cte(where)
+    if sc.method == "GetSessionStats":
+        sql = ev + (
+            "SELECT count(*), count(DISTINCT src_ip), count(*) FILTER (WHERE ok > 0),"
+            " sum(logins), sum(ok), count(*) FILTER (WHERE cmds > 0), sum(cmds), max(cmds),"
+            " sum(downloads), avg(duration), count(duration),"
+            " count(*) FILTER (WHERE protocol = 'ssh'),"
+            " count(*) FILTER (WHERE protocol = 'telnet'),"
+            " (SELECT count(DISTINCT j->>'shasum') FROM ev WHERE eventid = " + DOWNLOAD + ")"
+            " FROM (SELECT sensor_id, session, min(j->>'src_ip') AS src_ip,"
+            "   max(j->>'protocol') FILTER (WHERE eventid = 'cowrie.session.connect') AS protocol,"
+            f"   count(*) FILTER (WHERE eventid IN {LOGIN}) AS logins,"
+            "   count(*) FILTER (WHERE eventid = 'cowrie.login.success') AS ok,"
+            "   count(*) FILTER (WHERE eventid = 'cowrie.command.input') AS cmds,"
+            f"   count(*) FILTER (WHERE eventid = {DOWNLOAD} AND j ? 'shasum') AS downloads,"
+            "   max(COALESCE((j->>'duration')::float, (j->>'duration_ms')::float / 1000))"
+            "     FILTER (WHERE eventid = 'cowrie.session.closed') AS duration"
+            " FROM ev GROUP BY sensor_id, session) per_session"
+        )
+        return [(sql, params)]
+    if sc.method == "GetSensorStats":
+        sql = ev + (
+            "SELECT sensor, count(*), count(DISTINCT session), count(DISTINCT j->>'src_ip'),"
+            " count(*) FILTER (WHERE eventid = 'cowrie.login.success'),"
+            f" count(*) FILTER (WHERE eventid = {DOWNLOAD} AND j ? 'shasum'),"
+            " min(ts_us), max(ts_us) FROM ev GROUP BY sensor ORDER BY sensor"
+        )
+        return [(sql, params)]
+
+    def ranked(value: str, condition: str) -> str:
+        return ev + (
+            f"SELECT {value} AS v, count(*) AS n, count(DISTINCT session), min(ts_us),"
+            f" max(ts_us) FROM ev WHERE {condition} AND {value} IS NOT NULL"
+            f' GROUP BY v ORDER BY n DESC, ({value}) COLLATE "C" LIMIT 10'
+        )
+
+    def distinct(value: str, condition: str) -> str:
+        return ev + f"SELECT count(DISTINCT {value}) FROM ev WHERE {condition}"
+
+    login = f"eventid IN {LOGIN}"
+    dl = f"eventid = {DOWNLOAD}"
+    statements = [
+        ranked("j->>'src_ip'", "eventid = 'cowrie.session.connect'"),
+        ranked("j->>'username'", login),
+        ranked("j->>'password'", login),
+        ranked("j->>'input'", "eventid = 'cowrie.command.input'"),
+        ev + "SELECT j->>'username' AS u, j->>'password' AS p, count(*) AS n,"
+        " count(*) FILTER (WHERE eventid = 'cowrie.login.success') FROM ev"
+        f" WHERE {login} GROUP BY u, p ORDER BY n DESC, u, p LIMIT 10",
+        ranked("j->>'shasum'", dl),
+        distinct("j->>'src_ip'", "true"),
+        distinct("j->>'username'", login),
+        distinct("j->>'password'", login),
+        distinct("j->>'shasum'", dl),
+    ]
+    return [(sql, params) for sql in statements]
+
+
+def run_naive(dsn: str, chosen: Sequence[Scenario]) -> dict[str, Any]:
+    """Time each scenario's naive statements sequentially: median of up to a few runs."""
+    out: dict[str, Any] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET statement_timeout = {NAIVE_TIMEOUT_MS}")
+        for sc in chosen:
+            times: list[float] = []
+            first: list[Any] = []
+            spent = 0.0
+            while len(times) < NAIVE_MAX_REPS and (not times or spent < NAIVE_BUDGET_SECONDS):
+                started = time.perf_counter()
+                rows = [conn.execute(sql, params).fetchall() for sql, params in naive_sql(sc)]
+                elapsed = time.perf_counter() - started
+                times.append(elapsed)
+                spent += elapsed
+                first = first or rows
+            out[sc.name] = {
+                "p50_ms": round(statistics.median(times) * 1000, 2),
+                "runs": len(times),
+                "result": first,
+            }
+    return out
+
+
+def _agree(sc: Scenario, rpc: dict[str, Any], naive: list[Any]) -> bool | None:
+    """Do the event-level figures both sides count the same way agree?"""
+    if sc.method == "GetSessionStats":
+        row = naive[0][0]
+        return bool(
+            int(rpc.get("login_attempts", 0)) == int(row[3] or 0)
+            and int(rpc.get("total_commands", 0)) == int(row[6] or 0)
+            and int(rpc.get("file_downloads", 0)) == int(row[8] or 0)
+        )
+    if sc.method == "GetSensorStats":
+        naive_events = {r[0]: int(r[1]) for r in naive[0]}
+        rpc_events = {s["sensor"]: int(s.get("events", 0)) for s in rpc.get("sensors", [])}
+        return all(rpc_events.get(k) == v for k, v in naive_events.items())
+    users = [(r[0], int(r[1])) for r in naive[1]]
+    rpc_users = [(u.get("value", ""), int(u["count"])) for u in rpc.get("top_usernames", [])]
+    return users == rpc_users
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+def summarise(result: LoadResult) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, sc in result.scenarios.items():
+        lat = [v / 1000 for v in sc.latencies_us]
+        out[name] = {
+            "calls": len(lat),
+            "calls_per_second": round(len(lat) / sc.seconds, 1) if sc.seconds else 0.0,
+            "seconds": round(sc.seconds, 2),
+            "p50_ms": round(percentile(lat, 50), 2),
+            "p95_ms": round(percentile(lat, 95), 2),
+            "p99_ms": round(percentile(lat, 99), 2),
+            "max_ms": round(max(lat), 2) if lat else 0.0,
+            "errors": sum(sc.errors.values()),
+            "error_codes": dict(sc.errors),
+        }
+    return out
+
+
+def run(
+    admin_url: str,
+    app_url: str,
+    workdir: Path,
+    *,
+    sessions: int,
+    seed: int,
+    duration: float,
+    clients: int,
+    processes: int,
+    select: Callable[[str], bool] = lambda name: True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The whole query benchmark; returns the JSON section."""
+    log(f"query bench: generating and ingesting {sessions} sessions")
+    data = load(admin_url, app_url, workdir, sessions, seed)
+    chosen = [sc for sc in scenarios(data["last_ts_us"], data["busiest_sensor"]) if select(sc.name)]
+    plan: list[tuple[str, list[dict[str, Any]]]] = [
+        ("health/check", [{"method": "Check", "request": {}}])
+    ]
+    plan += [(sc.name, [{"method": sc.method, "request": sc.request()}]) for sc in chosen]
+    plan.append(
+        ("mixed/all-stats", [{"method": sc.method, "request": sc.request()} for sc in chosen])
+    )
+    server = Server(data["url"], workdir, result_cache=False)
+    try:
+        server.wait_serving()
+        replies, unloaded = single_calls(server.target, chosen)
+        log(f"query bench: {len(plan)} scenarios x {duration}s, {clients} clients")
+        cpu_before = server.cpu_seconds()
+        load_started = time.monotonic()
+        load_result = run_load(
+            server.target, plan, duration=duration, clients=clients, processes=processes
+        )
+        server_cpu = server.cpu_seconds() - cpu_before
+        elapsed = time.monotonic() - load_started
+        memory = server.memory()
+    finally:
+        server.stop()
+    log("query bench: mixed scenario again, default settings (result cache on)")
+    server = Server(data["url"], workdir, result_cache=True)
+    try:
+        server.wait_serving()
+        cached_plan = [plan[0], plan[-1]]
+        cached = summarise(
+            run_load(
+                server.target, cached_plan, duration=duration, clients=clients, processes=processes
+            )
+        )
+        memory_cached = server.memory()
+    finally:
+        server.stop()
+    log("query bench: naive baseline")
+    naive = run_naive(data["dsn"], chosen)
+    rpc = summarise(load_result)
+    health_p50 = rpc["health/check"]["p50_ms"]
+    rows = []
+    for sc in chosen:
+        figures = rpc[sc.name]
+        naive_p50 = naive[sc.name]["p50_ms"]
+        rows.append(
+            {
+                "scenario": sc.name,
+                "method": sc.method,
+                "window": sc.window,
+                "sensor_filter": sc.sensor is not None,
+                **figures,
+                "unloaded_p50_ms": unloaded[sc.name],
+                "vs_health_p50": round(figures["p50_ms"] / health_p50, 2) if health_p50 else 0.0,
+                "naive_p50_ms": naive_p50,
+                "naive_runs": naive[sc.name]["runs"],
+                "naive_over_rpc_p50": round(naive_p50 / figures["p50_ms"], 1)
+                if figures["p50_ms"]
+                else 0.0,
+                "naive_over_unloaded_rpc": round(naive_p50 / unloaded[sc.name], 1)
+                if unloaded[sc.name]
+                else 0.0,
+                "naive_agrees": _agree(sc, replies[sc.name], naive[sc.name]["result"]),
+            }
+        )
+    return {
+        "data": {k: v for k, v in data.items() if k not in ("url", "dsn")},
+        "clients": clients,
+        "loadgen_processes": processes,
+        "duration_per_scenario_s": duration,
+        "health": rpc["health/check"],
+        "mixed": rpc["mixed/all-stats"],
+        "result_cache_on": {
+            "health": cached["health/check"],
+            "mixed": cached["mixed/all-stats"],
+            "server_memory_mb": memory_cached,
+        },
+        "scenarios": rows,
+        "server_memory_mb": memory,
+        "server_cpu_share": round(server_cpu / elapsed, 2) if elapsed else 0.0,
+        "loadgen_cpu_share": round(load_result.worker_cpu_seconds / elapsed, 2) if elapsed else 0.0,
+    }

@@ -1,0 +1,62 @@
+"""Smoke run of the benchmark harness (bench/) at a tiny size: it runs and reports, 0 errors.
+
+Speed is not asserted here: that is what ``make bench`` and docs/performance.md are for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from pgcluster import PgCluster
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import __main__ as bench_main  # noqa: E402
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+
+SESSION_KEYS = {"calls", "calls_per_second", "p50_ms", "p95_ms", "p99_ms", "errors"}
+
+
+def test_bench_harness_smoke(
+    pg_cluster: PgCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "report.json"
+    argv = ["--events", "2000", "--sessions", "200", "--duration", "0.2", "--clients", "8"]
+    argv += ["--output", str(output), "--workdir", str(tmp_path)]
+    assert bench_main.main(argv, cluster=pg_cluster) == 0
+    assert "TARGETS (issue 9)" in capsys.readouterr().out
+
+    report = json.loads(output.read_text())
+    assert {"machine", "ingest", "query", "targets", "command", "seconds"} <= set(report)
+
+    ingest = report["ingest"]
+    assert ingest["events"] == 2000
+    assert ingest["runs"]["large"]["summary"]["events_stored"] == 2000
+    assert ingest["reingest_new_rows"] == 0
+    assert ingest["reingest_new_file_same_events"]["summary"]["duplicates_skipped"] == 2000
+    assert ingest["copy"]["rows"] == 2000
+    assert ingest["events_per_second"] > 0 and ingest["copy_ratio"] > 0
+    assert set(ingest["peak_rss_mb"]) == {"small", "large"}
+
+    query = report["query"]
+    assert query["data"]["sessions"] == 200
+    assert query["health"]["errors"] == 0 and query["health"]["calls"] > 0
+    assert query["mixed"]["errors"] == 0 and query["mixed"]["calls"] > 0
+    cached = query["result_cache_on"]
+    assert cached["mixed"]["errors"] == 0 and cached["mixed"]["calls"] > 0
+    rows = query["scenarios"]
+    assert len(rows) == 3 * 4 * 2  # RPCs x windows x (with, without sensor filter)
+    for row in rows:
+        assert set(row) >= SESSION_KEYS, row["scenario"]
+        assert row["errors"] == 0, row
+        assert row["calls"] > 0, row["scenario"]
+        assert row["naive_p50_ms"] > 0, row["scenario"]
+        assert row["naive_agrees"] is True, row["scenario"]
+    assert query["server_memory_mb"]["VmHWM"] > 0
+    assert {t["target"] for t in report["targets"]} >= {"ingest events/s", "mixed stats RPC/s"}
