@@ -370,15 +370,21 @@ def _ranked(
     first: ColumnElement[Any],
     last: ColumnElement[Any],
     top_n: int,
-) -> list[stats_pb2.RankedValue]:
+) -> tuple[list[stats_pb2.RankedValue], int]:
+    """The top ``top_n`` values and how many distinct values there are, in one scan.
+
+    ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the groups,
+    which is the distinct count the response also needs.
+    """
     query: Select[Any] = (
-        select(value, count.label("n"), sessions, first, last)
+        select(value, count.label("n"), sessions, first, last, func.count().over())
         .where(where, value.is_not(None))
         .group_by(value)
         .order_by(count.desc(), _bytewise(value, conn).asc())
         .limit(top_n)
     )
-    return [
+    rows = conn.execute(query).all()
+    ranked = [
         stats_pb2.RankedValue(
             value=row[0],
             count=row[1],
@@ -386,12 +392,9 @@ def _ranked(
             first_seen=_timestamp(row[3]),
             last_seen=_timestamp(row[4]),
         )
-        for row in conn.execute(query)
+        for row in rows
     ]
-
-
-def _distinct(conn: Connection, column: Column[Any], where: ColumnElement[bool]) -> int:
-    return int(conn.execute(select(func.count(func.distinct(column))).where(where)).scalar_one())
+    return ranked, int(rows[0][5]) if rows else 0
 
 
 def threat_stats(
@@ -405,7 +408,7 @@ def threat_stats(
 
     def per_event(
         table: Table, value: Column[Any], where: ColumnElement[bool]
-    ) -> list[stats_pb2.RankedValue]:
+    ) -> tuple[list[stats_pb2.RankedValue], int]:
         return _ranked(
             conn,
             value,
@@ -417,26 +420,31 @@ def threat_stats(
             top_n,
         )
 
+    source_ips, unique_ips = _ranked(
+        conn,
+        s.src_ip,
+        in_sessions,
+        func.count(),
+        func.count(),
+        func.min(s.start_ts_us),
+        func.max(s.end_ts_us),
+        top_n,
+    )
+    usernames, unique_usernames = per_event(LOGIN_ATTEMPTS, la.username, in_logins)
+    passwords, unique_passwords = per_event(LOGIN_ATTEMPTS, la.password, in_logins)
+    commands, _ = per_event(COMMANDS, c.input, in_commands)
+    downloads, unique_hashes = _downloads(conn, scope.where(d.ts_us, d.sensor_id), top_n)
     return stats_pb2.GetThreatStatsResponse(
-        top_source_ips=_ranked(
-            conn,
-            s.src_ip,
-            in_sessions,
-            func.count(),
-            func.count(),
-            func.min(s.start_ts_us),
-            func.max(s.end_ts_us),
-            top_n,
-        ),
-        top_usernames=per_event(LOGIN_ATTEMPTS, la.username, in_logins),
-        top_passwords=per_event(LOGIN_ATTEMPTS, la.password, in_logins),
-        top_commands=per_event(COMMANDS, c.input, in_commands),
+        top_source_ips=source_ips,
+        top_usernames=usernames,
+        top_passwords=passwords,
+        top_commands=commands,
         top_credentials=_credentials(conn, in_logins, top_n),
-        top_downloads=_downloads(conn, scope.where(d.ts_us, d.sensor_id), top_n),
-        unique_source_ips=_distinct(conn, s.src_ip, in_sessions),
-        unique_usernames=_distinct(conn, la.username, in_logins),
-        unique_passwords=_distinct(conn, la.password, in_logins),
-        unique_download_hashes=_distinct(conn, d.shasum, scope.where(d.ts_us, d.sensor_id)),
+        top_downloads=downloads,
+        unique_source_ips=unique_ips,
+        unique_usernames=unique_usernames,
+        unique_passwords=unique_passwords,
+        unique_download_hashes=unique_hashes,
     )
 
 
@@ -464,11 +472,12 @@ def _credentials(
 
 def _downloads(
     conn: Connection, where: ColumnElement[bool], top_n: int
-) -> list[stats_pb2.Download]:
+) -> tuple[list[stats_pb2.Download], int]:
+    """Top downloads by shasum, and the number of distinct shasums (one scan)."""
     d = DOWNLOADS.c
     count = func.count()
     query = (
-        select(d.shasum, count, func.count(func.distinct(d.session_id)))
+        select(d.shasum, count, func.count(func.distinct(d.session_id)), func.count().over())
         .where(where)
         .group_by(d.shasum)
         .order_by(count.desc(), _bytewise(d.shasum, conn).asc())
@@ -484,10 +493,11 @@ def _downloads(
             # Most recent non-empty URL; equal timestamps broken by the URL itself.
             if shasum not in urls or (ts_us, url) > urls[shasum]:
                 urls[shasum] = (ts_us, url)
-    return [
+    downloads = [
         stats_pb2.Download(shasum=sha, url=urls.get(sha, (0, ""))[1], count=n, sessions=sessions)
-        for sha, n, sessions in rows
+        for sha, n, sessions, _ in rows
     ]
+    return downloads, int(rows[0][3]) if rows else 0
 
 
 # -- GetSensorStats -----------------------------------------------------------------

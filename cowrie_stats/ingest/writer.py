@@ -201,6 +201,11 @@ class BatchWriter:
     # -- events -----------------------------------------------------------------
 
     def _existing_hashes(self, hashes: list[bytes]) -> set[bytes]:
+        if self.conn.dialect.name == "postgresql":
+            # One array parameter: a short statement psycopg prepares once, where
+            # IN lists of hundreds of placeholders are parsed again every batch.
+            query = text("SELECT hash FROM events WHERE hash = ANY(:hashes)")
+            return set(self.conn.scalars(query, {"hashes": hashes}))
         found: set[bytes] = set()
         for chunk in _chunks(hashes):
             found.update(self.conn.scalars(select(Event.hash).where(Event.hash.in_(chunk))))
