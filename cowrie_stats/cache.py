@@ -10,27 +10,69 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from cowrie_stats import metrics
+from cowrie_stats.errors import DeadlineExceededError
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Flight:
+    """One computation in progress that other callers of the same key wait for."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    failed: bool = False
 
 
 class ResultCache:
-    """Thread-safe least-recently-used mapping with a fixed number of entries."""
+    """Thread-safe least-recently-used mapping with a fixed number of entries.
+
+    :meth:`get_or_compute` is single-flight: when many callers miss on the same
+    key at once (a dashboard refreshed by many viewers after an ingest), one
+    computes and the others wait for its answer instead of running the same
+    queries side by side.
+    """
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any | None:
+    def get_or_compute(self, key: Hashable, compute: Callable[[], T], wait_seconds: float) -> T:
         with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
+            if key in self._entries:
                 self._entries.move_to_end(key)
-        (metrics.CACHE_HITS if value is not None else metrics.CACHE_MISSES).inc()
-        return value
+                metrics.CACHE_HITS.inc()
+                return self._entries[key]  # type: ignore[no-any-return]
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(wait_seconds):
+                raise DeadlineExceededError("deadline passed waiting for the same query")
+            if not flight.failed:
+                metrics.CACHE_HITS.inc()
+                return flight.value  # type: ignore[no-any-return]
+            return compute()  # the leader failed (its endpoint, say): try ourselves
+        metrics.CACHE_MISSES.inc()
+        try:
+            flight.value = compute()
+        except BaseException:
+            flight.failed = True
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+        self.put(key, flight.value)
+        return flight.value  # type: ignore[no-any-return]
 
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:

@@ -503,9 +503,15 @@ def _downloads(
 # -- GetSensorStats -----------------------------------------------------------------
 
 
-def sensor_stats(
-    conn: Connection, filters: Filters, stale_after_us: int, now_us: int | None = None
-) -> stats_pb2.GetSensorStatsResponse:
+@dataclass(frozen=True)
+class SensorSnapshot:
+    """Sensor figures from the data alone; staleness is added at answer time."""
+
+    response: stats_pb2.GetSensorStatsResponse
+    last_event_us: tuple[int, ...]  # per entry of response.sensors, ever (not windowed)
+
+
+def sensor_stats(conn: Connection, filters: Filters) -> SensorSnapshot:
     sensors = resolve_sensors(conn, filters.sensors)
     query = select(SENSORS.c.id, SENSORS.c.name, SENSORS.c.last_ts_us).order_by(
         _bytewise(SENSORS.c.name, conn)
@@ -526,9 +532,8 @@ def sensor_stats(
             .group_by(s.sensor_id)
         )
     }
-    now = int(time.time() * 1_000_000) if now_us is None else now_us
     response = stats_pb2.GetSensorStatsResponse(total_sensors=len(known))
-    for sensor_id, name, last_ts_us in known:
+    for sensor_id, name, _ in known:
         row = counts.get(sensor_id, {})
         response.sensors.append(
             stats_pb2.SensorStats(
@@ -540,7 +545,18 @@ def sensor_stats(
                 file_downloads=row.get("downloads") or 0,
                 first_seen=_timestamp(row.get("first_ts_us")),
                 last_seen=_timestamp(row.get("last_ts_us")),
-                stale=last_ts_us < now - stale_after_us,
             )
         )
+    return SensorSnapshot(response, tuple(row[2] for row in known))
+
+
+def with_staleness(
+    snapshot: SensorSnapshot, stale_after_us: int, now_us: int | None = None
+) -> stats_pb2.GetSensorStatsResponse:
+    """A copy of the snapshot's response with ``stale`` set for the clock now."""
+    now = int(time.time() * 1_000_000) if now_us is None else now_us
+    response = stats_pb2.GetSensorStatsResponse()
+    response.CopyFrom(snapshot.response)
+    for sensor, last_event_us in zip(response.sensors, snapshot.last_event_us, strict=True):
+        sensor.stale = last_event_us < now - stale_after_us
     return response

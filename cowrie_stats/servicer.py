@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -39,8 +39,8 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self, request: stats_pb2.GetSessionStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetSessionStatsResponse:
         filters, bucket_us = validation.session_request(request, self.limits)
-        return self._read(
-            context, self._cached(request, lambda c: queries.session_stats(c, filters, bucket_us))
+        return self._answer(
+            context, request, lambda conn: queries.session_stats(conn, filters, bucket_us)
         )
 
     @rpc_errors
@@ -48,8 +48,8 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self, request: stats_pb2.GetThreatStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetThreatStatsResponse:
         filters, top_n = validation.threat_request(request, self.limits)
-        return self._read(
-            context, self._cached(request, lambda c: queries.threat_stats(c, filters, top_n))
+        return self._answer(
+            context, request, lambda conn: queries.threat_stats(conn, filters, top_n)
         )
 
     @rpc_errors
@@ -57,37 +57,32 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self, request: stats_pb2.GetSensorStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetSensorStatsResponse:
         filters, stale_after_us = validation.sensor_request(request, self.limits)
-        # Not cached: `stale` depends on the clock, not only on the data.
-        return self._read(context, lambda conn: queries.sensor_stats(conn, filters, stale_after_us))
+        # `stale` depends on the clock, so it is applied after the (cacheable) figures.
+        key = stats_pb2.GetSensorStatsRequest(
+            time_range=request.time_range, sensors=request.sensors
+        )
+        snapshot = self._answer(context, key, lambda conn: queries.sensor_stats(conn, filters))
+        return queries.with_staleness(snapshot, stale_after_us)
 
-    def _cached(
-        self, request: Message, work: Callable[[Connection], T]
-    ) -> Callable[[Connection], T]:
-        """``work`` behind the result cache, keyed by request and data version."""
-        cache = self.cache
-        if cache is None:
-            return work
-
-        def cached(conn: Connection) -> T:
-            key = (
-                type(request).__name__,
-                request.SerializeToString(deterministic=True),
-                queries.data_version(conn),
-            )
-            hit = cache.get(key)
-            if hit is not None:
-                return cast(T, hit)
-            result = work(conn)
-            cache.put(key, result)
-            return result
-
-        return cached
-
-    def _read(self, context: grpc.ServicerContext, work: Callable[[Connection], T]) -> T:
+    def _answer(
+        self, context: grpc.ServicerContext, key: Message, work: Callable[[Connection], T]
+    ) -> T:
+        """Run ``work`` on a read connection, behind the result cache when there is one."""
         remaining = context.time_remaining()
         timeout = min(remaining, self.default_deadline_seconds) if remaining else None
+        timeout = timeout or self.default_deadline_seconds
         metadata = dict(context.invocation_metadata())
         prefer_primary = metadata.get(READ_FROM_HEADER, "").lower() == "primary"
-        return self.router.run_read(
-            work, timeout or self.default_deadline_seconds, prefer_primary=prefer_primary
-        )
+        cache = self.cache
+        if cache is not None:
+            uncached = work
+
+            def work(conn: Connection) -> T:
+                version_key = (
+                    type(key).__name__,
+                    key.SerializeToString(deterministic=True),
+                    queries.data_version(conn),
+                )
+                return cache.get_or_compute(version_key, lambda: uncached(conn), timeout)
+
+        return self.router.run_read(work, timeout, prefer_primary=prefer_primary)

@@ -253,7 +253,9 @@ def test_deadline_cancels_the_query_on_postgresql(
 def test_excess_concurrent_calls_get_resource_exhausted(
     pg_db: Database, start_server: StartServer
 ) -> None:
-    running = start_server(pg_db.settings(max_concurrent_rpcs=2, replica_urls=()))
+    running = start_server(
+        pg_db.settings(max_concurrent_rpcs=2, replica_urls=(), result_cache_entries=0)
+    )
     with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "sessions"):
         slow = [
             pool.submit(

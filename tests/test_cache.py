@@ -1,0 +1,71 @@
+"""The result cache: LRU bound, single flight, and a failing leader."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cowrie_stats.cache import ResultCache
+from cowrie_stats.errors import DeadlineExceededError
+
+
+def test_lru_keeps_the_most_recent_entries() -> None:
+    cache = ResultCache(max_entries=2)
+    for key in ("a", "b", "a", "c"):  # the hit on "a" makes "b" the oldest
+        cache.get_or_compute(key, key.upper, 1)
+    assert len(cache) == 2
+    assert cache.get_or_compute("a", lambda: "recomputed", 1) == "A"
+    assert cache.get_or_compute("c", lambda: "recomputed", 1) == "C"
+    assert cache.get_or_compute("b", lambda: "recomputed", 1) == "recomputed"
+
+
+def test_concurrent_misses_compute_once() -> None:
+    cache = ResultCache(max_entries=8)
+    calls = 0
+    started = threading.Event()
+
+    def slow() -> str:
+        nonlocal calls
+        calls += 1
+        started.set()
+        time.sleep(0.3)
+        return "answer"
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get_or_compute, "k", slow, 5) for _ in range(8)]
+        answers = [f.result() for f in futures]
+    assert answers == ["answer"] * 8
+    assert calls == 1
+
+
+def test_waiters_compute_themselves_when_the_leader_fails() -> None:
+    cache = ResultCache(max_entries=8)
+    gate = threading.Event()
+
+    def failing() -> str:
+        gate.wait(5)
+        raise RuntimeError("endpoint lost")
+
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(cache.get_or_compute, "k", failing, 5)
+        time.sleep(0.1)
+        waiter = pool.submit(cache.get_or_compute, "k", lambda: "from the waiter", 5)
+        time.sleep(0.1)
+        gate.set()
+        with pytest.raises(RuntimeError):
+            leader.result()
+        assert waiter.result() == "from the waiter"
+
+
+def test_waiting_is_bounded_by_the_deadline() -> None:
+    cache = ResultCache(max_entries=8)
+    release = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(cache.get_or_compute, "k", lambda: release.wait(5) and "late", 5)
+        time.sleep(0.1)
+        with pytest.raises(DeadlineExceededError):
+            cache.get_or_compute("k", lambda: "never", 0.1)
+        release.set()
