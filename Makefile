@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 GRPC_PORT ?= 50051
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install tools run test lint typecheck proto proto-lint unit bench clean
+.PHONY: install tools run test test-long lint typecheck proto proto-lint unit bench clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,10 @@ unit: install tools
 test: install tools lint typecheck proto-lint
 	./scripts/ensure-postgres.sh >/dev/null
 	$(MAKE) --no-print-directory unit
+
+# The long variants of the load, overload and fuzz tests (minutes, not seconds).
+test-long:
+	COWRIE_STATS_LONG_TESTS=1 $(MAKE) --no-print-directory test
 
 bench: install
 	./scripts/ensure-postgres.sh >/dev/null
