@@ -361,40 +361,88 @@ def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.Sess
 # -- GetThreatStats -----------------------------------------------------------------
 
 
-def _ranked(
-    conn: Connection,
-    value: Column[Any],
-    where: ColumnElement[bool],
-    count: ColumnElement[Any],
-    sessions: ColumnElement[Any],
-    first: ColumnElement[Any],
-    last: ColumnElement[Any],
-    top_n: int,
-) -> tuple[list[stats_pb2.RankedValue], int]:
-    """The top ``top_n`` values and how many distinct values there are, in one scan.
+def _top_values(
+    conn: Connection, value: Column[Any], where: ColumnElement[bool], top_n: int
+) -> tuple[list[tuple[Any, int]], int]:
+    """The top ``top_n`` (value, count) pairs and how many distinct values there are.
 
     ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the groups,
-    which is the distinct count the response also needs.
+    which is the distinct count the response also needs, from the same scan.
     """
+    count = func.count()
     query: Select[Any] = (
-        select(value, count.label("n"), sessions, first, last, func.count().over())
+        select(value, count, func.count().over())
         .where(where, value.is_not(None))
         .group_by(value)
         .order_by(count.desc(), _bytewise(value, conn).asc())
         .limit(top_n)
     )
     rows = conn.execute(query).all()
+    return [(row[0], int(row[1])) for row in rows], int(rows[0][2]) if rows else 0
+
+
+def _ranked_events(
+    conn: Connection, table: Table, value: Column[Any], where: ColumnElement[bool], top_n: int
+) -> tuple[list[stats_pb2.RankedValue], int]:
+    """Rank an event table's values; sessions and first/last only for the winners.
+
+    Distinct sessions need a sort per group: computing them for the top values
+    alone, in a second query, keeps the full scan a cheap hash count.
+    """
+    top, distinct = _top_values(conn, value, where, top_n)
+    if not top:
+        return [], 0
+    details = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            select(
+                value,
+                func.count(func.distinct(table.c.session_id)),
+                func.min(table.c.ts_us),
+                func.max(table.c.ts_us),
+            )
+            .where(where, value.in_([v for v, _ in top]))
+            .group_by(value)
+        )
+    }
     ranked = [
         stats_pb2.RankedValue(
-            value=row[0],
-            count=row[1],
-            sessions=row[2],
-            first_seen=_timestamp(row[3]),
-            last_seen=_timestamp(row[4]),
+            value=v,
+            count=n,
+            sessions=details[v][0],
+            first_seen=_timestamp(details[v][1]),
+            last_seen=_timestamp(details[v][2]),
         )
-        for row in rows
+        for v, n in top
     ]
-    return ranked, int(rows[0][5]) if rows else 0
+    return ranked, distinct
+
+
+def _ranked_source_ips(
+    conn: Connection, where: ColumnElement[bool], top_n: int
+) -> tuple[list[stats_pb2.RankedValue], int]:
+    """Source IPs by sessions started in the window (count and sessions are equal)."""
+    s = SESSIONS.c
+    count = func.count()
+    query: Select[Any] = (
+        select(s.src_ip, count, func.min(s.start_ts_us), func.max(s.end_ts_us), count.over())
+        .where(where, s.src_ip.is_not(None))
+        .group_by(s.src_ip)
+        .order_by(count.desc(), _bytewise(s.src_ip, conn).asc())
+        .limit(top_n)
+    )
+    rows = conn.execute(query).all()
+    ranked = [
+        stats_pb2.RankedValue(
+            value=ip,
+            count=n,
+            sessions=n,
+            first_seen=_timestamp(first),
+            last_seen=_timestamp(last),
+        )
+        for ip, n, first, last, _ in rows
+    ]
+    return ranked, int(rows[0][4]) if rows else 0
 
 
 def threat_stats(
@@ -406,33 +454,14 @@ def threat_stats(
     in_logins = scope.where(la.ts_us, la.sensor_id)
     in_commands = scope.where(c.ts_us, c.sensor_id)
 
-    def per_event(
-        table: Table, value: Column[Any], where: ColumnElement[bool]
-    ) -> tuple[list[stats_pb2.RankedValue], int]:
-        return _ranked(
-            conn,
-            value,
-            where,
-            func.count(),
-            func.count(func.distinct(table.c.session_id)),
-            func.min(table.c.ts_us),
-            func.max(table.c.ts_us),
-            top_n,
-        )
-
-    source_ips, unique_ips = _ranked(
-        conn,
-        s.src_ip,
-        in_sessions,
-        func.count(),
-        func.count(),
-        func.min(s.start_ts_us),
-        func.max(s.end_ts_us),
-        top_n,
+    source_ips, unique_ips = _ranked_source_ips(conn, in_sessions, top_n)
+    usernames, unique_usernames = _ranked_events(
+        conn, LOGIN_ATTEMPTS, la.username, in_logins, top_n
     )
-    usernames, unique_usernames = per_event(LOGIN_ATTEMPTS, la.username, in_logins)
-    passwords, unique_passwords = per_event(LOGIN_ATTEMPTS, la.password, in_logins)
-    commands, _ = per_event(COMMANDS, c.input, in_commands)
+    passwords, unique_passwords = _ranked_events(
+        conn, LOGIN_ATTEMPTS, la.password, in_logins, top_n
+    )
+    commands, _ = _ranked_events(conn, COMMANDS, c.input, in_commands, top_n)
     downloads, unique_hashes = _downloads(conn, scope.where(d.ts_us, d.sensor_id), top_n)
     return stats_pb2.GetThreatStatsResponse(
         top_source_ips=source_ips,
@@ -473,31 +502,32 @@ def _credentials(
 def _downloads(
     conn: Connection, where: ColumnElement[bool], top_n: int
 ) -> tuple[list[stats_pb2.Download], int]:
-    """Top downloads by shasum, and the number of distinct shasums (one scan)."""
+    """Top downloads by shasum, and the number of distinct shasums."""
     d = DOWNLOADS.c
-    count = func.count()
-    query = (
-        select(d.shasum, count, func.count(func.distinct(d.session_id)), func.count().over())
-        .where(where)
-        .group_by(d.shasum)
-        .order_by(count.desc(), _bytewise(d.shasum, conn).asc())
-        .limit(top_n)
+    top, distinct = _top_values(conn, d.shasum, where, top_n)
+    if not top:
+        return [], 0
+    of_top = and_(where, d.shasum.in_([sha for sha, _ in top]))
+    sessions: dict[str, int] = dict(
+        conn.execute(
+            select(d.shasum, func.count(func.distinct(d.session_id)))
+            .where(of_top)
+            .group_by(d.shasum)
+        ).all()
     )
-    rows = conn.execute(query).all()
     urls: dict[str, tuple[int, str]] = {}
-    if rows:
-        url_query = select(d.shasum, d.ts_us, d.url).where(
-            where, d.shasum.in_([r[0] for r in rows]), d.url.is_not(None), d.url != ""
-        )
-        for shasum, ts_us, url in conn.execute(url_query):
-            # Most recent non-empty URL; equal timestamps broken by the URL itself.
-            if shasum not in urls or (ts_us, url) > urls[shasum]:
-                urls[shasum] = (ts_us, url)
+    url_query = select(d.shasum, d.ts_us, d.url).where(of_top, d.url.is_not(None), d.url != "")
+    for shasum, ts_us, url in conn.execute(url_query):
+        # Most recent non-empty URL; equal timestamps broken by the URL itself.
+        if shasum not in urls or (ts_us, url) > urls[shasum]:
+            urls[shasum] = (ts_us, url)
     downloads = [
-        stats_pb2.Download(shasum=sha, url=urls.get(sha, (0, ""))[1], count=n, sessions=sessions)
-        for sha, n, sessions, _ in rows
+        stats_pb2.Download(
+            shasum=sha, url=urls.get(sha, (0, ""))[1], count=n, sessions=sessions[sha]
+        )
+        for sha, n in top
     ]
-    return downloads, int(rows[0][3]) if rows else 0
+    return downloads, distinct
 
 
 # -- GetSensorStats -----------------------------------------------------------------
