@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,13 +38,30 @@ def captures() -> list[Path]:
     return found
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
+def require_postgres() -> None:
+    """Skip without PostgreSQL binaries, or fail when make test said they must be there."""
     if find_bin_dir() is None:
         msg = "PostgreSQL server binaries not found (run scripts/ensure-postgres.sh)"
         if os.environ.get("COWRIE_STATS_REQUIRE_POSTGRES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@contextmanager
+def private_cluster() -> Iterator[PgCluster]:
+    """A migrated primary + replica of its own, for tests that stop or pause servers."""
+    require_postgres()
+    with PgCluster() as running:
+        engine = create_db_engine(running.primary_url, Settings(), writer=True)
+        upgrade(engine)
+        engine.dispose()
+        running.wait_replica_caught_up()
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    require_postgres()
     cluster = PgCluster()
     cluster.start()
     try:

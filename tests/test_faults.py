@@ -17,9 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import make_database
+from conftest import make_database, private_cluster
 from loadtools import run_load
-from pgcluster import PgCluster, find_bin_dir
+from pgcluster import PgCluster
 from sqlalchemy import text
 from test_ingest import snapshot
 
@@ -36,13 +36,8 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    if find_bin_dir() is None:
-        if os.environ.get("COWRIE_STATS_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries not found")
-        pytest.skip("PostgreSQL server binaries not found")
-    with PgCluster() as running:
+    with private_cluster() as running:
         engine = create_db_engine(running.primary_url, Settings(), writer=True)
-        upgrade(engine)
         sample = tmp_path_factory.mktemp("faults") / "cowrie.json"
         write_sample(sample)
         Ingester(engine).ingest([str(sample)])

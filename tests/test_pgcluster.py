@@ -8,23 +8,15 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pgcluster import APP_USER, DATABASE, READER_USER, PgCluster, PgClusterError, find_bin_dir
+from conftest import require_postgres
+from pgcluster import APP_USER, DATABASE, READER_USER, PgCluster, PgClusterError
 
 pytestmark = pytest.mark.postgres
 
 
-def require_binaries() -> None:
-    """Skip without PostgreSQL binaries, unless COWRIE_STATS_REQUIRE_POSTGRES=1 (make test)."""
-    if find_bin_dir() is None:
-        message = "PostgreSQL server binaries not found (run scripts/ensure-postgres.sh)"
-        if os.environ.get("COWRIE_STATS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
-    require_binaries()
+    require_postgres()
     pg = PgCluster()
     started = time.monotonic()
     pg.start()
@@ -151,7 +143,7 @@ def test_replica_serves_reads_while_primary_is_down(cluster: PgCluster, table: s
 
 
 def test_teardown_is_idempotent_and_removes_everything() -> None:
-    require_binaries()
+    require_postgres()
     pg = PgCluster(replicas=0).start()
     base = pg.base_dir
     assert base is not None

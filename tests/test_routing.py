@@ -17,12 +17,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pgcluster import PgCluster, find_bin_dir
+from conftest import private_cluster
+from pgcluster import PgCluster
 from sqlalchemy import Connection, text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.routing import Router, create_db_engine
-from cowrie_stats.db.schema import upgrade
 from cowrie_stats.errors import UnavailableError
 from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
@@ -33,15 +33,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
-    if find_bin_dir() is None:
-        if os.environ.get("COWRIE_STATS_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries not found")
-        pytest.skip("PostgreSQL server binaries not found")
-    with PgCluster() as running:
-        engine = create_db_engine(running.primary_url, Settings(database_url=running.primary_url))
-        upgrade(engine)
-        engine.dispose()
-        running.wait_replica_caught_up()
+    with private_cluster() as running:
         yield running
 
 
