@@ -214,3 +214,26 @@ def test_env_example_lists_every_variable() -> None:
     example = (REPO / ".env.example").read_text()
     assert read, "the pattern no longer finds the settings"
     assert sorted(k for k in read if f"COWRIE_STATS_{k}" not in example) == []
+
+
+def test_cli_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same commands as above, in this process, so coverage sees the CLI code.
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COWRIE_STATS_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    sample = tmp_path / "logs" / "cowrie.json"
+    assert main(["sample", str(sample)]) == 0
+    assert main(["ingest", str(sample)]) == 1  # not migrated yet
+    assert main(["migrate"]) == 0
+    assert main(["ingest", "--json", str(tmp_path / "logs")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["events_stored"] == 1289
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"k" * 20 + b"\n")))
+    assert main(["hash-key", "--name", "ci"]) == 0
+    assert capsys.readouterr().out.startswith("ci:")
+    (tmp_path / ".env").write_text("COWRIE_STATS_GRPC_PORT=x\n")
+    (tmp_path / ".env").chmod(0o600)
+    monkeypatch.delenv("COWRIE_STATS_GRPC_PORT", raising=False)
+    assert main(["migrate"]) == 2  # the private .env is read, and its bad value refused
