@@ -15,6 +15,13 @@ Design notes (the "why" behind the columns and indexes):
   figures never touch ``events``.
 * ``hourly_rollups`` holds additive per (sensor, hour) counters maintained in
   the ingest transaction; whole hours of a window are answered from it.
+* Indexes: every time-window query filters on a time column, alone or with a
+  sensor list, hence the ``(ts_us)`` and ``(sensor_id, ts_us)`` btrees on the
+  per-event tables and ``(start_ts_us)`` / ``(sensor_id, start_ts_us)`` on
+  sessions; ``(src_ip, start_ts_us)`` serves the source-IP ranking. BRIN on the
+  time columns was considered and not used: backfilling older rotated files
+  makes insertion order differ from time order, which widens BRIN ranges until
+  they prune little, and the btrees also give the ordered min/max lookups.
 * IPs are stored as text in Python's canonical form (``ipaddress`` compressed),
   so IPv4 and IPv6 compare and count exactly on both backends; a value that is
   not an IP is kept verbatim rather than rejected.
