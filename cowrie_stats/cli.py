@@ -17,10 +17,9 @@ from cowrie_stats import SERVICE_NAME, __version__
 from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_settings, redact_url
 
 if TYPE_CHECKING:
-    from cowrie_stats.ingest.reader import IngestSummary
-
-if TYPE_CHECKING:
     import grpc
+
+    from cowrie_stats.ingest.reader import IngestSummary
 
 log = logging.getLogger("cowrie_stats")
 
