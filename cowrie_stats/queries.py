@@ -27,13 +27,11 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    union_all,
 )
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.db.models import (
     COMMANDS,
-    DAILY_VALUES,
     DATA_VERSION,
     DOWNLOADS,
     EVENTS,
@@ -41,16 +39,11 @@ from cowrie_stats.db.models import (
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
-    VALUE_COMMAND,
-    VALUE_PASSWORD,
-    VALUE_SHASUM,
-    VALUE_USERNAME,
 )
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from cowrie_stats.validation import MAX_BUCKETS, Filters, Window
 
 US_PER_HOUR = 3_600_000_000
-US_PER_DAY = 24 * US_PER_HOUR
 
 
 def _timestamp(ts_us: int | None) -> Timestamp | None:
@@ -157,25 +150,23 @@ COMMAND_COUNT = _Figure("commands", COMMANDS, "ts_us")
 DOWNLOAD_COUNT = _Figure("downloads", DOWNLOADS, "ts_us")
 
 
-def _unit_split(window: Window, unit_us: int) -> tuple[int | None, int | None]:
-    """First and last whole-unit boundaries inside the window (None = unbounded)."""
-    first = None if window.start_us is None else -(-window.start_us // unit_us)
-    last = None if window.end_us is None else window.end_us // unit_us
+def _hour_split(window: Window) -> tuple[int | None, int | None]:
+    """First and last whole hour boundaries inside the window (None = unbounded)."""
+    first = None if window.start_us is None else -(-window.start_us // US_PER_HOUR)
+    last = None if window.end_us is None else window.end_us // US_PER_HOUR
     return first, last
 
 
-def _rollup_parts(
-    window: Window, unit_us: int = US_PER_HOUR
-) -> tuple[tuple[int | None, int | None] | None, list[Window]]:
-    """The whole-unit range answered by rollups, and the partial edges left to raw rows."""
-    first, last = _unit_split(window, unit_us)
+def _rollup_parts(window: Window) -> tuple[tuple[int | None, int | None] | None, list[Window]]:
+    """The whole-hour range answered by rollups, and the partial edges left to raw rows."""
+    first, last = _hour_split(window)
     if first is not None and last is not None and first >= last:
-        return None, [window]  # inside one unit: raw rows answer it all
+        return None, [window]  # inside one hour: raw rows answer it all
     edges = []
-    if first is not None and window.start_us is not None and window.start_us < first * unit_us:
-        edges.append(Window(window.start_us, first * unit_us))
-    if last is not None and window.end_us is not None and last * unit_us < window.end_us:
-        edges.append(Window(last * unit_us, window.end_us))
+    if first is not None and window.start_us is not None and window.start_us < first * US_PER_HOUR:
+        edges.append(Window(window.start_us, first * US_PER_HOUR))
+    if last is not None and window.end_us is not None and last * US_PER_HOUR < window.end_us:
+        edges.append(Window(last * US_PER_HOUR, window.end_us))
     return (first, last), edges
 
 
@@ -370,71 +361,20 @@ def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.Sess
 # -- GetThreatStats -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Ranking:
-    """A ranked per-event column and its kind in ``daily_values``."""
-
-    kind: int
-    table: Table
-    column: str
-
-    @property
-    def value(self) -> Column[Any]:
-        return self.table.c[self.column]
-
-
-USERNAMES = _Ranking(VALUE_USERNAME, LOGIN_ATTEMPTS, "username")
-PASSWORDS = _Ranking(VALUE_PASSWORD, LOGIN_ATTEMPTS, "password")
-COMMAND_LINES = _Ranking(VALUE_COMMAND, COMMANDS, "input")
-SHASUMS = _Ranking(VALUE_SHASUM, DOWNLOADS, "shasum")
-
-
-def _value_counts(conn: Connection, scope: _Scope, ranking: _Ranking) -> Any:
-    """A subquery of (v, n) rows whose sums per v are the counts over the scope.
-
-    Whole days come from ``daily_values``; partial days at the edges are counted
-    from the raw rows, so the sums are exact for any window.
-    """
-    table, value = ranking.table, ranking.value
-    days, edges = _rollup_parts(scope.window, US_PER_DAY)
-    parts: list[Select[Any]] = [
-        select(value.label("v"), func.count().label("n"))
-        .where(_Scope(edge, scope.sensor_ids).where(table.c.ts_us, table.c.sensor_id))
-        .where(value.is_not(None))
-        .group_by(value)
-        for edge in edges
-    ]
-    if days is not None:
-        dv = DAILY_VALUES.c
-        conditions: list[ColumnElement[bool]] = [dv.kind == ranking.kind]
-        if days[0] is not None:
-            conditions.append(dv.day >= days[0])
-        if days[1] is not None:
-            conditions.append(dv.day < days[1])
-        if scope.sensor_ids is not None:
-            conditions.append(dv.sensor_id.in_(scope.sensor_ids))
-        parts.append(
-            select(dv.value.label("v"), func.sum(dv.events).label("n"))
-            .where(*conditions)
-            .group_by(dv.value)
-        )
-    return union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-
-
 def _top_values(
-    conn: Connection, scope: _Scope, ranking: _Ranking, top_n: int
+    conn: Connection, value: Column[Any], where: ColumnElement[bool], top_n: int
 ) -> tuple[list[tuple[Any, int]], int]:
     """The top ``top_n`` (value, count) pairs and how many distinct values there are.
 
     ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the groups,
-    which is the distinct count the response also needs, from the same query.
+    which is the distinct count the response also needs, from the same scan.
     """
-    counts = _value_counts(conn, scope, ranking)
-    total = func.sum(counts.c.n)
+    count = func.count()
     query: Select[Any] = (
-        select(counts.c.v, total, func.count().over())
-        .group_by(counts.c.v)
-        .order_by(total.desc(), _bytewise(counts.c.v, conn).asc())
+        select(value, count, func.count().over())
+        .where(where, value.is_not(None))
+        .group_by(value)
+        .order_by(count.desc(), _bytewise(value, conn).asc())
         .limit(top_n)
     )
     rows = conn.execute(query).all()
@@ -442,17 +382,16 @@ def _top_values(
 
 
 def _ranked_events(
-    conn: Connection, scope: _Scope, ranking: _Ranking, top_n: int
+    conn: Connection, table: Table, value: Column[Any], where: ColumnElement[bool], top_n: int
 ) -> tuple[list[stats_pb2.RankedValue], int]:
     """Rank an event table's values; sessions and first/last only for the winners.
 
-    Distinct sessions are not additive over days: they come from the raw rows of
-    the top values alone, in a second query.
+    Distinct sessions need a sort per group: computing them for the top values
+    alone, in a second query, keeps the full scan a cheap hash count.
     """
-    top, distinct = _top_values(conn, scope, ranking, top_n)
+    top, distinct = _top_values(conn, value, where, top_n)
     if not top:
         return [], 0
-    table, value = ranking.table, ranking.value
     details = {
         row[0]: row[1:]
         for row in conn.execute(
@@ -462,7 +401,7 @@ def _ranked_events(
                 func.min(table.c.ts_us),
                 func.max(table.c.ts_us),
             )
-            .where(scope.where(table.c.ts_us, table.c.sensor_id), value.in_([v for v, _ in top]))
+            .where(where, value.in_([v for v, _ in top]))
             .group_by(value)
         )
     }
@@ -510,15 +449,20 @@ def threat_stats(
     conn: Connection, filters: Filters, top_n: int
 ) -> stats_pb2.GetThreatStatsResponse:
     scope = _scope(conn, filters)
-    s, la = SESSIONS.c, LOGIN_ATTEMPTS.c
+    s, la, c, d = SESSIONS.c, LOGIN_ATTEMPTS.c, COMMANDS.c, DOWNLOADS.c
     in_sessions = scope.where(s.start_ts_us, s.sensor_id)
     in_logins = scope.where(la.ts_us, la.sensor_id)
+    in_commands = scope.where(c.ts_us, c.sensor_id)
 
     source_ips, unique_ips = _ranked_source_ips(conn, in_sessions, top_n)
-    usernames, unique_usernames = _ranked_events(conn, scope, USERNAMES, top_n)
-    passwords, unique_passwords = _ranked_events(conn, scope, PASSWORDS, top_n)
-    commands, _ = _ranked_events(conn, scope, COMMAND_LINES, top_n)
-    downloads, unique_hashes = _downloads(conn, scope, top_n)
+    usernames, unique_usernames = _ranked_events(
+        conn, LOGIN_ATTEMPTS, la.username, in_logins, top_n
+    )
+    passwords, unique_passwords = _ranked_events(
+        conn, LOGIN_ATTEMPTS, la.password, in_logins, top_n
+    )
+    commands, _ = _ranked_events(conn, COMMANDS, c.input, in_commands, top_n)
+    downloads, unique_hashes = _downloads(conn, scope.where(d.ts_us, d.sensor_id), top_n)
     return stats_pb2.GetThreatStatsResponse(
         top_source_ips=source_ips,
         top_usernames=usernames,
@@ -555,11 +499,12 @@ def _credentials(
     ]
 
 
-def _downloads(conn: Connection, scope: _Scope, top_n: int) -> tuple[list[stats_pb2.Download], int]:
+def _downloads(
+    conn: Connection, where: ColumnElement[bool], top_n: int
+) -> tuple[list[stats_pb2.Download], int]:
     """Top downloads by shasum, and the number of distinct shasums."""
     d = DOWNLOADS.c
-    where = scope.where(d.ts_us, d.sensor_id)
-    top, distinct = _top_values(conn, scope, SHASUMS, top_n)
+    top, distinct = _top_values(conn, d.shasum, where, top_n)
     if not top:
         return [], 0
     of_top = and_(where, d.shasum.in_([sha for sha, _ in top]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from conftest import Database
 from sqlalchemy import inspect
 
@@ -47,21 +45,3 @@ def test_migrate_with_a_password_full_of_special_characters(pg_cluster: object) 
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
-
-
-def test_daily_values_backfill_matches_the_ingest(db: Database, tmp_path: Path) -> None:
-    from sqlalchemy import text
-
-    from cowrie_stats.sample import write_sample
-
-    sample = tmp_path / "cowrie.json"
-    write_sample(sample)
-    db.ingest([sample])
-    query = text("SELECT kind, day, sensor_id, value_hash, value, events FROM daily_values")
-    with db.engine.connect() as conn:
-        maintained = sorted(tuple(row) for row in conn.execute(query))
-    downgrade(db.engine, "0002")
-    upgrade(db.engine)  # 0003 counts the stored events again
-    with db.engine.connect() as conn:
-        backfilled = sorted(tuple(row) for row in conn.execute(query))
-    assert maintained and backfilled == maintained

@@ -15,7 +15,6 @@ Design notes (the "why" behind the columns and indexes):
   figures never touch ``events``.
 * ``hourly_rollups`` holds additive per (sensor, hour) counters maintained in
   the ingest transaction; whole hours of a window are answered from it.
-  ``daily_values`` does the same per (kind, day, sensor, value) for rankings.
 * Indexes: every time-window query filters on a time column, alone or with a
   sensor list, hence the ``(ts_us)`` and ``(sensor_id, ts_us)`` btrees on the
   per-event tables and ``(start_ts_us)`` / ``(sensor_id, start_ts_us)`` on
@@ -39,7 +38,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -194,35 +192,6 @@ class HourlyRollup(Base):
     __table_args__ = (Index("ix_hourly_rollups_hour", "hour"),)
 
 
-class DailyValue(Base):
-    """Events per (kind of value, UTC day, sensor, value), maintained by the ingest.
-
-    Rankings over long windows sum these rows for the window's whole days and
-    count raw rows only at its partial-day edges: a ranking then reads one row
-    per value and day instead of one per event. Values are keyed by their hash,
-    since a logged command can be longer than a btree entry may be.
-    """
-
-    __tablename__ = "daily_values"
-
-    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # see VALUE_KINDS
-    day: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // 86400e6
-    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"), primary_key=True)
-    value_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-    events: Mapped[int] = mapped_column(BigInteger)
-
-
-# DailyValue.kind: which per-event column a row counts.
-VALUE_USERNAME, VALUE_PASSWORD, VALUE_COMMAND, VALUE_SHASUM = 1, 2, 3, 4
-VALUE_KINDS = {
-    VALUE_USERNAME: "login_attempts.username",
-    VALUE_PASSWORD: "login_attempts.password",
-    VALUE_COMMAND: "commands.input",
-    VALUE_SHASUM: "downloads.shasum",
-}
-
-
 class DataVersion(Base):
     """One row counting the ingest batches that stored something.
 
@@ -287,4 +256,3 @@ HOURLY_ROLLUPS = Base.metadata.tables["hourly_rollups"]
 DEAD_LETTERS = Base.metadata.tables["dead_letters"]
 INGEST_CURSORS = Base.metadata.tables["ingest_cursors"]
 DATA_VERSION = Base.metadata.tables["data_version"]
-DAILY_VALUES = Base.metadata.tables["daily_values"]

@@ -21,7 +21,6 @@ from sqlalchemy.sql.dml import Insert
 
 from cowrie_stats.db.models import (
     COMMANDS,
-    DAILY_VALUES,
     DATA_VERSION,
     DEAD_LETTERS,
     DOWNLOADS,
@@ -32,10 +31,6 @@ from cowrie_stats.db.models import (
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
-    VALUE_COMMAND,
-    VALUE_PASSWORD,
-    VALUE_SHASUM,
-    VALUE_USERNAME,
     Event,
     Sensor,
 )
@@ -52,7 +47,6 @@ from cowrie_stats.ingest.parse import (
 )
 
 US_PER_HOUR = 3_600_000_000
-US_PER_DAY = 24 * US_PER_HOUR
 INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
 IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
 
@@ -156,11 +150,6 @@ def _bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
         _copy_rows(conn, table.name, list(rows[0]), rows)
     else:
         conn.execute(insert(table), rows)
-
-
-def value_hash(value: str) -> bytes:
-    """Key of a value in daily_values (values may be too long to index themselves)."""
-    return hashlib.blake2b(value.encode("utf-8"), digest_size=HASH_BYTES).digest()
 
 
 def _least_greatest(conn: Connection) -> tuple[Any, Any]:
@@ -374,7 +363,6 @@ class BatchWriter:
         logins: list[dict[str, Any]] = []
         commands: list[dict[str, Any]] = []
         downloads: list[dict[str, Any]] = []
-        values: Counter[tuple[int, int, int, str]] = Counter()
         for e in fresh:
             sensor_id = self._sensor_ids[e.sensor]
             common = {
@@ -385,7 +373,6 @@ class BatchWriter:
             }
             bucket = rollups[(sensor_id, e.ts_us // US_PER_HOUR)]
             bucket.saw(e.ts_us)
-            day = e.ts_us // US_PER_DAY
             if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
                 success = e.eventid == LOGIN_SUCCESS
                 logins.append(
@@ -393,43 +380,15 @@ class BatchWriter:
                 )
                 bucket.login_attempts += 1
                 bucket.login_successes += int(success)
-                if e.username is not None:
-                    values[(VALUE_USERNAME, day, sensor_id, e.username)] += 1
-                if e.password is not None:
-                    values[(VALUE_PASSWORD, day, sensor_id, e.password)] += 1
             elif e.eventid == COMMAND_INPUT:
                 commands.append(common | {"input": e.command or ""})
                 bucket.commands += 1
-                values[(VALUE_COMMAND, day, sensor_id, e.command or "")] += 1
             elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
                 downloads.append(common | {"shasum": e.shasum, "url": e.url, "outfile": e.outfile})
                 bucket.downloads += 1
-                values[(VALUE_SHASUM, day, sensor_id, e.shasum)] += 1
         _bulk_insert(self.conn, LOGIN_ATTEMPTS, logins)
         _bulk_insert(self.conn, COMMANDS, commands)
         _bulk_insert(self.conn, DOWNLOADS, downloads)
-        self._add_daily_values(values)
-
-    def _add_daily_values(self, values: Counter[tuple[int, int, int, str]]) -> None:
-        if not values:
-            return
-        stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["kind", "day", "sensor_id", "value_hash"],
-            set_={"events": DAILY_VALUES.c.events + stmt.excluded.events},
-        )
-        rows = [
-            {
-                "kind": kind,
-                "day": day,
-                "sensor_id": sensor_id,
-                "value_hash": value_hash(value),
-                "value": value,
-                "events": events,
-            }
-            for (kind, day, sensor_id, value), events in sorted(values.items())
-        ]
-        self.conn.execute(stmt, rows)
 
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
