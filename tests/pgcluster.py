@@ -53,6 +53,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,43 +414,44 @@ class PgCluster:
         return int(value or 0)
 
     def wait_replica_caught_up(self, timeout: float = 10.0, index: int | None = None) -> None:
-        """Wait until the replica(s) replayed everything the primary had written when called.
+        """Wait until the replica(s) show everything the primary had committed when called.
+
+        Visibility, not LSN arithmetic: a fresh token is committed on the primary
+        (synchronously, which also flushes every earlier asynchronous commit) and
+        each replica is polled until a query there sees it. The token table lives
+        in the ``postgres`` database, out of the application's schema.
 
         :param index: one replica, or every replica when None.
         """
-        target = self._flush_wal()
+        token = self._commit_sync_token()
         nodes = self.replicas if index is None else [self._replica(index)]
         deadline = time.monotonic() + timeout
         for node in nodes:
 
             def caught_up(node: _Node = node) -> bool:
-                done = self.scalar(
-                    "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0",
-                    [target],
+                rows = self.psql(
+                    "SELECT 1 FROM harness_sync WHERE token = %s",
+                    [token],
                     on=node.name,
+                    database="postgres",
                 )
-                return bool(done)
+                return bool(rows)
 
             self._wait(
                 caught_up,
                 max(0.0, deadline - time.monotonic()),
-                f"{node.name} to replay up to {target}",
+                f"{node.name} to show sync token {token}",
                 node,
             )
 
-    def _flush_wal(self) -> str:
-        """Make everything inserted so far durable (and so sendable); returns that LSN.
-
-        With synchronous_commit=off an idle primary may keep its last records in
-        the WAL buffers; a commit with synchronous_commit=on flushes all of them.
-        """
-        with self.connect("primary") as conn:
+    def _commit_sync_token(self) -> str:
+        token = uuid.uuid4().hex
+        with self.connect("primary", database="postgres") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS harness_sync (token text PRIMARY KEY)")
             with conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = on")
-                conn.execute("SELECT txid_current()")
-            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
-        assert row is not None
-        return str(row[0])
+                conn.execute("INSERT INTO harness_sync (token) VALUES (%s)", [token])
+        return token
 
     def wait_streaming(self, index: int = 0, timeout: float = 10.0) -> None:
         """Wait until a replica is in recovery and the primary's ``pg_stat_replication``
