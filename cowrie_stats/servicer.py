@@ -69,20 +69,27 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
     ) -> T:
         """Run ``work`` on a read connection, behind the result cache when there is one."""
         remaining = context.time_remaining()
-        timeout = min(remaining, self.default_deadline_seconds) if remaining else None
-        timeout = timeout or self.default_deadline_seconds
+        timeout = self.default_deadline_seconds
+        if remaining is not None:
+            timeout = min(remaining, timeout)
         metadata = dict(context.invocation_metadata())
         prefer_primary = metadata.get(READ_FROM_HEADER, "").lower() == "primary"
-        cache = self.cache
-        if cache is not None:
-            uncached = work
-
-            def work(conn: Connection) -> T:
-                version_key = (
-                    type(key).__name__,
-                    key.SerializeToString(deterministic=True),
-                    queries.data_version(conn),
-                )
-                return cache.get_or_compute(version_key, lambda: uncached(conn), timeout)
-
+        if self.cache is not None:
+            work = self._cached(self.cache, key, work, timeout)
         return self.router.run_read(work, timeout, prefer_primary=prefer_primary)
+
+    @staticmethod
+    def _cached(
+        cache: ResultCache, key: Message, work: Callable[[Connection], T], timeout: float
+    ) -> Callable[[Connection], T]:
+        """``work`` answered from the cache when the same request met the same data."""
+
+        def cached(conn: Connection) -> T:
+            version_key = (
+                type(key).__name__,
+                key.SerializeToString(deterministic=True),
+                queries.data_version(conn),
+            )
+            return cache.get_or_compute(version_key, lambda: work(conn), timeout)
+
+        return cached
