@@ -216,9 +216,12 @@ class Router:
     ) -> T:
         """Run ``work`` in a read transaction; retried once on another endpoint."""
         order = self.read_order(prefer_primary)[:2]
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         for endpoint in order:
+            # The retry gets what is left of the call's time, not a fresh budget.
+            remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                with self._read_connection(endpoint, timeout_seconds) as conn:
+                with self._read_connection(endpoint, remaining) as conn:
                     return work(conn)
             except sa_exc.DBAPIError as error:
                 if not _is_connection_failure(error):
