@@ -184,3 +184,14 @@ def test_random_bytes_never_crash(raw: bytes) -> None:
 def test_random_objects_never_crash(fields: dict[str, object]) -> None:
     with contextlib.suppress(UnusableLineError):
         parse_line(json.dumps(fields))
+
+
+def test_canonical_timestamps_are_kept_and_equal_the_formatted_form() -> None:
+    from cowrie_stats.ingest.parse import format_timestamp
+
+    canonical = parse_line(line(timestamp="2024-04-03T00:30:59.000000Z"))
+    offset = parse_line(line(timestamp="2024-04-03T02:30:59+0200"))
+    assert canonical is not None and offset is not None
+    assert canonical.hash == offset.hash
+    assert format_timestamp(canonical.ts_us) == "2024-04-03T00:30:59.000000Z"
+    assert format_timestamp(-1) == "1969-12-31T23:59:59.999999Z"

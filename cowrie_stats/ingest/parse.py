@@ -13,8 +13,9 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -31,6 +32,8 @@ SESSION_CONNECT = "cowrie.session.connect"
 SESSION_CLOSED = "cowrie.session.closed"
 CLIENT_VERSION = "cowrie.client.version"
 PROTOCOLS = ("ssh", "telnet")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 # Cowrie 1.x / kippo-era names of fields we read, mapped to today's names.
 LEGACY_FIELDS = {
@@ -105,14 +108,22 @@ def parse_timestamp(value: Any) -> int:
         raise UnusableLineError(f"unparseable timestamp {value[:64]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = moment - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def format_timestamp(ts_us: int) -> str:
-    seconds, micros = divmod(ts_us, 1_000_000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micros)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Canonical text of an instant: ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
+    moment = EPOCH + timedelta(microseconds=ts_us)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )
+
+
+def canonical_timestamp(text: str, ts_us: int) -> str:
+    """``text`` when it is already canonical (most Cowrie logs), else its canonical form."""
+    return text if CANONICAL_TIMESTAMP.fullmatch(text) else format_timestamp(ts_us)
 
 
 def normalise_ip(value: Any) -> str | None:
@@ -233,7 +244,8 @@ def _build_event(fields: dict[str, Any], default_sensor: str | None) -> ParsedEv
     if not isinstance(sensor, str) or sensor == "":
         sensor = default_sensor or UNKNOWN_SENSOR
     eventid = LEGACY_EVENTIDS.get(eventid, eventid)
-    identity = dict(fields, eventid=eventid, sensor=sensor, timestamp=format_timestamp(ts_us))
+    stamp = canonical_timestamp(fields["timestamp"], ts_us)
+    identity = dict(fields, eventid=eventid, sensor=sensor, timestamp=stamp)
     canonical = _canonical(identity)
     return ParsedEvent(
         hash=hashlib.blake2b(canonical, digest_size=HASH_BYTES).digest(),
