@@ -61,10 +61,6 @@ class Settings:
     def primary_url(self) -> URL:
         return make_url(self.database_url)
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.primary_url.get_backend_name() == "sqlite"
-
 
 def redact_url(url: str | URL) -> str:
     """The URL with any password masked, safe to log."""

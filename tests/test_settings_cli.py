@@ -22,7 +22,7 @@ def test_defaults() -> None:
     settings = load_settings({})
     assert settings.database_url == "sqlite:///var/cowrie-stats.db"
     assert settings.grpc_port == 50051 and settings.replica_urls == ()
-    assert settings.is_sqlite
+    assert settings.primary_url.get_backend_name() == "sqlite"
 
 
 def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:

@@ -171,10 +171,6 @@ class Router:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def is_postgresql(self) -> bool:
-        return self.primary.engine.dialect.name == "postgresql"
-
     # -- choosing ----------------------------------------------------------------
 
     def healthy_replicas(self) -> list[Endpoint]:

@@ -15,7 +15,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -31,8 +41,6 @@ from cowrie_stats.db.models import (
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
-    Event,
-    Sensor,
 )
 from cowrie_stats.ingest.parse import (
     CLIENT_VERSION,
@@ -208,7 +216,7 @@ class BatchWriter:
             return set(self.conn.scalars(query, {"hashes": hashes}))
         found: set[bytes] = set()
         for chunk in _chunks(hashes):
-            found.update(self.conn.scalars(select(Event.hash).where(Event.hash.in_(chunk))))
+            found.update(self.conn.scalars(select(EVENTS.c.hash).where(EVENTS.c.hash.in_(chunk))))
         return found
 
     def _store(self, fresh: list[ParsedEvent]) -> None:
@@ -244,8 +252,8 @@ class BatchWriter:
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"],
             set_={
-                "first_ts_us": least(Sensor.first_ts_us, stmt.excluded.first_ts_us),
-                "last_ts_us": greatest(Sensor.last_ts_us, stmt.excluded.last_ts_us),
+                "first_ts_us": least(SENSORS.c.first_ts_us, stmt.excluded.first_ts_us),
+                "last_ts_us": greatest(SENSORS.c.last_ts_us, stmt.excluded.last_ts_us),
             },
         )
         rows = [
@@ -256,27 +264,32 @@ class BatchWriter:
         missing = [name for name in bounds if name not in self._sensor_ids]
         for chunk in _chunks(missing):
             for sensor_id, name in self.conn.execute(
-                select(Sensor.id, Sensor.name).where(Sensor.name.in_(chunk))
+                select(SENSORS.c.id, SENSORS.c.name).where(SENSORS.c.name.in_(chunk))
             ):
                 self._sensor_ids[name] = sensor_id
 
     # -- sessions ---------------------------------------------------------------
 
-    def _load_sessions(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], _SessionRow]:
+    def _sessions_of(
+        self, keys: Iterable[tuple[int, str]], columns: Sequence[Any]
+    ) -> Iterator[RowMapping]:
+        """``columns`` of the sessions with these (sensor_id, session) keys, chunk by chunk."""
         by_sensor: defaultdict[int, list[str]] = defaultdict(list)
         for sensor_id, session in keys:
             by_sensor[sensor_id].append(session)
-        rows: dict[tuple[int, str], _SessionRow] = {}
-        table = SESSIONS
         for sensor_id, sessions in by_sensor.items():
             for chunk in _chunks(sessions):
-                query = select(table).where(
-                    table.c.sensor_id == sensor_id, table.c.session.in_(chunk)
+                query = select(*columns).where(
+                    SESSIONS.c.sensor_id == sensor_id, SESSIONS.c.session.in_(chunk)
                 )
-                for row in self.conn.execute(query).mappings():
-                    values = dict(row)
-                    key = (sensor_id, values["session"])
-                    rows[key] = _SessionRow(values, False, values["start_ts_us"])
+                yield from self.conn.execute(query).mappings()
+
+    def _load_sessions(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], _SessionRow]:
+        rows: dict[tuple[int, str], _SessionRow] = {}
+        for row in self._sessions_of(keys, [SESSIONS]):
+            values = dict(row)
+            key = (values["sensor_id"], values["session"])
+            rows[key] = _SessionRow(values, False, values["start_ts_us"])
         return rows
 
     def _merge_sessions(
@@ -305,25 +318,17 @@ class BatchWriter:
     def _save_sessions(
         self, rows: dict[tuple[int, str], _SessionRow]
     ) -> dict[tuple[int, str], int]:
-        table = SESSIONS
         new_rows = [
             {k: v for k, v in r.values.items() if k != "id"} for r in rows.values() if r.is_new
         ]
-        _bulk_insert(self.conn, table, new_rows)
+        _bulk_insert(self.conn, SESSIONS, new_rows)
         changed = [r.values for r in rows.values() if not r.is_new and r.touched]
         self._update_sessions(changed)
         ids = {key: row.values["id"] for key, row in rows.items() if not row.is_new}
         new_keys = [key for key, row in rows.items() if row.is_new]
-        by_sensor: defaultdict[int, list[str]] = defaultdict(list)
-        for sensor_id, session in new_keys:
-            by_sensor[sensor_id].append(session)
-        for sensor_id, sessions in by_sensor.items():
-            for chunk in _chunks(sessions):
-                query = select(table.c.id, table.c.session).where(
-                    table.c.sensor_id == sensor_id, table.c.session.in_(chunk)
-                )
-                for session_id, session in self.conn.execute(query):
-                    ids[(sensor_id, session)] = session_id
+        columns = [SESSIONS.c.id, SESSIONS.c.sensor_id, SESSIONS.c.session]
+        for row in self._sessions_of(new_keys, columns):
+            ids[(row["sensor_id"], row["session"])] = row["id"]
         return ids
 
     def _update_sessions(self, rows: list[dict[str, Any]]) -> None:
