@@ -18,6 +18,7 @@ from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2_grpc
 from cowrie_stats.db.routing import create_db_engine
 from cowrie_stats.db.schema import upgrade
 from cowrie_stats.ingest.reader import Ingester, IngestSummary
+from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
 from cowrie_stats.settings import Settings
 
@@ -92,6 +93,13 @@ class Database:
 
     def ingest(self, paths: list[Path | str], **kwargs: object) -> IngestSummary:
         return Ingester(self.engine, **kwargs).ingest([str(p) for p in paths])  # type: ignore[arg-type]
+
+    def ingest_sample(self, directory: Path) -> Path:
+        """Write the demo log into ``directory``, ingest it, and return its path."""
+        sample = directory / "cowrie.json"
+        write_sample(sample)
+        self.ingest([sample])
+        return sample
 
 
 def _fresh_pg_database(cluster: PgCluster) -> tuple[str, str]:

@@ -15,7 +15,6 @@ from conftest import Database, StartServer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
-from cowrie_stats.sample import write_sample
 
 HOUR = 3_600 * reference.US
 
@@ -135,9 +134,7 @@ def test_every_field_matches_reference_on_captures(
 def test_every_field_matches_reference_on_sample_with_sensor_filter(
     db: Database, tmp_path: Path, start_server: StartServer
 ) -> None:
-    sample = tmp_path / "cowrie.json"
-    write_sample(sample)
-    db.ingest([sample])
+    sample = db.ingest_sample(tmp_path)
     events = reference.load_events([sample])
     running = start_server(db.settings())
     _all_checks(running.stub, events)

@@ -23,9 +23,7 @@ LONG = os.environ.get("COWRIE_STATS_LONG_TESTS") == "1"  # long variants: make t
 
 @pytest.fixture
 def pg_loaded(pg_db: Database, tmp_path: Path) -> Database:
-    sample = tmp_path / "cowrie.json"
-    write_sample(sample)
-    pg_db.ingest([sample])
+    pg_db.ingest_sample(tmp_path)
     return pg_db
 
 
@@ -46,9 +44,7 @@ def test_32_clients_no_errors_no_connection_leak(
 def test_overload_gets_resource_exhausted_and_memory_stays_flat(
     sqlite_db: Database, start_server: StartServer, tmp_path: Path
 ) -> None:
-    sample = tmp_path / "cowrie.json"
-    write_sample(sample)
-    sqlite_db.ingest([sample])
+    sqlite_db.ingest_sample(tmp_path)
     running = start_server(sqlite_db.settings(max_concurrent_rpcs=2, result_cache_entries=0))
     first = run_load(running.address, clients=24, seconds=2)
     before = rss_kib()

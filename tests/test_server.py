@@ -32,15 +32,12 @@ from sqlalchemy import create_engine, text
 from cowrie_stats import SERVICE_NAME, queries
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.db.schema import SchemaError
-from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
 
 
 @pytest.fixture
 def loaded(sqlite_db: Database, tmp_path: Path) -> Database:
-    sample = tmp_path / "cowrie.json"
-    write_sample(sample)
-    sqlite_db.ingest([sample])
+    sqlite_db.ingest_sample(tmp_path)
     return sqlite_db
 
 
