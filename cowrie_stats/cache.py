@@ -1,14 +1,19 @@
 """A small LRU of statistics responses keyed by request and data version.
 
 Dashboards ask the same questions again and again. The data version is bumped
-in every ingest transaction that stores something and is read in the same
-snapshot as the figures, so a cached answer is exactly the answer a new query
-would give -- never stale -- and costs one tiny query instead of a dozen.
+in every ingest transaction that stores something, and an answer is cached
+under the version of the snapshot it was computed from, so a cached answer is
+exactly what a query of that version gives. Which version a call asks for
+comes either from the call's own snapshot (one tiny query, never stale) or from
+:class:`DataVersionWatch`, a background poll, so that a hit costs no database
+round trip at all and answers trail an ingest by at most the poll interval.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ from cowrie_stats import metrics
 from cowrie_stats.errors import DeadlineExceededError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,7 +50,14 @@ class ResultCache:
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], T], wait_seconds: float) -> T:
+    def get_or_compute(
+        self,
+        key: Hashable,
+        compute: Callable[[], T],
+        wait_seconds: float,
+        keep: Callable[[T], bool] = lambda _value: True,
+    ) -> T:
+        """The cached value of ``key``, else ``compute()``, stored when ``keep`` says so."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -71,7 +84,8 @@ class ResultCache:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
-        self.put(key, flight.value)
+        if keep(flight.value):
+            self.put(key, flight.value)
         return flight.value  # type: ignore[no-any-return]
 
     def put(self, key: Hashable, value: Any) -> None:
@@ -83,3 +97,50 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class DataVersionWatch:
+    """The data version as a background thread last read it.
+
+    :meth:`current` is None until the first read succeeds and again when the
+    last good read is older than a few intervals (database down, poll stuck):
+    callers then read the version themselves and see the failure themselves.
+    """
+
+    STALE_AFTER_INTERVALS = 3
+
+    def __init__(self, read_version: Callable[[], int], interval_seconds: float) -> None:
+        self.read_version = read_version
+        self.interval_seconds = interval_seconds
+        self._version: int | None = None
+        self._read_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> int | None:
+        age = time.monotonic() - self._read_at
+        if age > self.interval_seconds * self.STALE_AFTER_INTERVALS:
+            return None
+        return self._version
+
+    def poll(self) -> None:
+        try:
+            version = self.read_version()
+        except Exception as error:  # any failure only means "unknown"
+            log.warning("data version unknown", extra={"error": type(error).__name__})
+            return
+        self._version, self._read_at = version, time.monotonic()
+
+    def start(self) -> None:
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, name="data-version", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.poll()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

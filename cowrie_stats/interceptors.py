@@ -16,6 +16,7 @@ from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
 from cowrie_stats.settings import Settings
 
 log = logging.getLogger("cowrie_stats.access")
+SLOW_CALL_SECONDS = 1.0  # with COWRIE_STATS_ACCESS_LOG=errors, slower OK calls are logged too
 _MALFORMED = object()  # stands for a request whose bytes did not decode
 
 
@@ -26,13 +27,36 @@ def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
+def _log_call(method: str, code: grpc.StatusCode, elapsed: float) -> None:
+    extra: dict[str, Any] = {
+        "method": method,
+        "code": code.name,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    caller = CALLER.get()
+    if caller is not None:
+        extra["api_key_name"] = caller
+    log.info("rpc", extra=extra)
+
+
 class AccessLogInterceptor(Interceptor):
-    """Logs method, status code, duration and API key name of every unary call; counts them.
+    """Logs method, status code, duration and API key name of unary calls; counts them all.
 
     It is the outermost interceptor, so calls refused by the API key check are
     logged and counted too. The key's name is read from :data:`auth.CALLER`,
     which the API key interceptor sets in the thread serving the call.
+    ``mode`` is COWRIE_STATS_ACCESS_LOG: "all", "errors" (not OK, or slow) or "off".
     """
+
+    def __init__(self, mode: str = "all") -> None:
+        self.mode = mode
+
+    def _worth_a_line(self, code: grpc.StatusCode, elapsed: float) -> bool:
+        if self.mode == "all":
+            return True
+        if self.mode == "off":
+            return False
+        return code is not grpc.StatusCode.OK or elapsed >= SLOW_CALL_SECONDS
 
     def intercept_service(
         self,
@@ -72,16 +96,9 @@ class AccessLogInterceptor(Interceptor):
                 code = _code_of(context, failed)
                 metrics.HANDLED.labels(method, code.name).inc()
                 metrics.HANDLING.labels(method).observe(elapsed)
-                extra: dict[str, Any] = {
-                    "method": method,
-                    "code": code.name,
-                    "duration_ms": round(elapsed * 1000, 2),
-                }
-                caller = CALLER.get()
-                if caller is not None:
-                    extra["api_key_name"] = caller
+                if self._worth_a_line(code, elapsed):
+                    _log_call(method, code, elapsed)
                 CALLER.reset(token)
-                log.info("rpc", extra=extra)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
@@ -95,7 +112,7 @@ def build_interceptors(settings: Settings) -> list[Interceptor]:
 
     Raises SettingsError when the API keys file is unreadable or malformed.
     """
-    interceptors: list[Interceptor] = [AccessLogInterceptor()]
+    interceptors: list[Interceptor] = [AccessLogInterceptor(settings.access_log)]
     auth = build_auth_interceptor(settings.api_keys_file, settings.open_methods_without_key)
     if auth is not None:
         interceptors.append(auth)

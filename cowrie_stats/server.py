@@ -23,10 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from cowrie_stats import SERVICE_NAME, metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
-from cowrie_stats.cache import ResultCache
+from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
 from cowrie_stats.interceptors import build_interceptors
+from cowrie_stats.queries import data_version
 from cowrie_stats.servicer import CowrieStatsServicer
 from cowrie_stats.settings import Settings
 from cowrie_stats.validation import Limits
@@ -79,14 +80,18 @@ class StatsServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
+        cache = (
+            ResultCache(settings.result_cache_entries) if settings.result_cache_entries else None
+        )
+        self.versions: DataVersionWatch | None = None
+        if cache is not None and settings.data_version_poll_seconds > 0:
+            self.versions = DataVersionWatch(
+                lambda: self.router.run_read(data_version, settings.data_version_poll_seconds),
+                settings.data_version_poll_seconds,
+            )
         stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(
             CowrieStatsServicer(
-                self.router,
-                limits,
-                settings.default_deadline_seconds,
-                ResultCache(settings.result_cache_entries)
-                if settings.result_cache_entries
-                else None,
+                self.router, limits, settings.default_deadline_seconds, cache, self.versions
             ),
             self.server,
         )
@@ -113,6 +118,8 @@ class StatsServer:
         except RuntimeError as error:  # grpc's way of saying the port is taken
             raise OSError(f"cannot bind {address}: is another server using the port?") from error
         self.router.start()
+        if self.versions is not None:
+            self.versions.start()
         self.update_health()
         metrics.DATABASE.track(self.router)
         if self.settings.metrics_port:
@@ -157,6 +164,8 @@ class StatsServer:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         metrics.DATABASE.untrack(self.router)
+        if self.versions is not None:
+            self.versions.close()
         self.router.close()
 
     def wait(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import grpc
@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 
 from cowrie_stats import queries, validation
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
-from cowrie_stats.cache import ResultCache
+from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.errors import rpc_errors
 
@@ -28,11 +28,13 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         limits: validation.Limits,
         default_deadline_seconds: float,
         cache: ResultCache | None = None,
+        versions: DataVersionWatch | None = None,
     ) -> None:
         self.router = router
         self.limits = limits
         self.default_deadline_seconds = default_deadline_seconds
         self.cache = cache
+        self.versions = versions
 
     @rpc_errors
     def GetSessionStats(
@@ -74,22 +76,52 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
             timeout = min(remaining, timeout)
         metadata = dict(context.invocation_metadata())
         prefer_primary = metadata.get(READ_FROM_HEADER, "").lower() == "primary"
-        if self.cache is not None:
-            work = self._cached(self.cache, key, work, timeout)
-        return self.router.run_read(work, timeout, prefer_primary=prefer_primary)
+        if self.cache is None:
+            return self.router.run_read(work, timeout, prefer_primary=prefer_primary)
+        request_key = (type(key).__name__, key.SerializeToString(deterministic=True))
+        known = None if prefer_primary or self.versions is None else self.versions.current()
+        if known is None:
+            return self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
+        return self._cached_at(known, request_key, work, timeout)
 
-    @staticmethod
-    def _cached(
-        cache: ResultCache, key: Message, work: Callable[[Connection], T], timeout: float
-    ) -> Callable[[Connection], T]:
-        """``work`` answered from the cache when the same request met the same data."""
+    def _cached_in_snapshot(
+        self,
+        request_key: Hashable,
+        work: Callable[[Connection], T],
+        timeout: float,
+        prefer_primary: bool,
+    ) -> T:
+        """Exact: the version is read in the same snapshot as the figures would be."""
+        cache = self.cache
+        assert cache is not None
 
         def cached(conn: Connection) -> T:
-            version_key = (
-                type(key).__name__,
-                key.SerializeToString(deterministic=True),
-                queries.data_version(conn),
-            )
-            return cache.get_or_compute(version_key, lambda: work(conn), timeout)
+            versioned_key = (request_key, queries.data_version(conn))
+            return cache.get_or_compute(versioned_key, lambda: work(conn), timeout)
 
-        return cached
+        return self.router.run_read(cached, timeout, prefer_primary=prefer_primary)
+
+    def _cached_at(
+        self, known: int, request_key: Hashable, work: Callable[[Connection], T], timeout: float
+    ) -> T:
+        """Answer for the watched version ``known``; a hit touches no database.
+
+        A miss computes in whatever snapshot it gets. The answer is kept only if
+        that snapshot has version ``known`` (a lagging replica or a newer ingest
+        would otherwise file an answer under the wrong version) and is returned
+        either way, as an uncached call would be.
+        """
+        cache = self.cache
+        assert cache is not None
+        snapshot_versions: list[int] = []  # of each attempt: run_read may retry elsewhere
+
+        def versioned(conn: Connection) -> T:
+            snapshot_versions.append(queries.data_version(conn))
+            return work(conn)
+
+        return cache.get_or_compute(
+            (request_key, known),
+            lambda: self.router.run_read(versioned, timeout),
+            timeout,
+            keep=lambda _answer: snapshot_versions[-1] == known,
+        )

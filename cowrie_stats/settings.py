@@ -33,6 +33,7 @@ class Settings:
     grpc_host: str = "[::]"
     grpc_port: int = 50051
     log_format: str = "text"
+    access_log: str = "all"
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 10.0
     max_workers: int = 16
@@ -54,6 +55,7 @@ class Settings:
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods; fenced by policy
     result_cache_entries: int = 256
+    data_version_poll_seconds: float = 1.0
     max_sensors_per_request: int = 1000
     max_window_days: int = 3660
 
@@ -113,6 +115,11 @@ def _float(env: Mapping[str, str], key: str, default: float, minimum: float) -> 
     if not value >= minimum:
         raise SettingsError(f"{PREFIX}{key}: {value} is below {minimum}")
     return value
+
+
+# Which calls the access log writes a line for: every one, only those that
+# failed or were slow, or none (metrics count every call in all three).
+ACCESS_LOG_CHOICES = ("all", "errors", "off")
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -182,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         grpc_host=_raw(env, "GRPC_HOST") or "[::]",
         grpc_port=_int(env, "GRPC_PORT", 50051, 0, 65535),
         log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        access_log=_choice(env, "ACCESS_LOG", "all", ACCESS_LOG_CHOICES),
         log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
         max_workers=_int(env, "MAX_WORKERS", 16, 1, 1024),
@@ -202,6 +210,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
         metrics_host=_raw(env, "METRICS_HOST") or "0.0.0.0",  # noqa: S104
         result_cache_entries=_int(env, "RESULT_CACHE_ENTRIES", 256, 0, 1_000_000),
+        data_version_poll_seconds=_float(env, "DATA_VERSION_POLL_INTERVAL", 1.0, 0.0),
         max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
     )

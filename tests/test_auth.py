@@ -230,6 +230,29 @@ def test_access_log_names_the_key_and_never_shows_it(
         assert secret not in everything
 
 
+@pytest.mark.parametrize(("mode", "logged"), [("errors", [("UNAUTHENTICATED", None)]), ("off", [])])
+def test_access_log_modes_keep_failures_or_nothing(
+    sqlite_db: Database,
+    start_server: StartServer,
+    keys_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    logged: list[tuple[str, str | None]],
+) -> None:
+    from cowrie_stats import metrics
+
+    settings = sqlite_db.settings(api_keys_file=str(keys_path), access_log=mode)
+    running = start_server(settings)
+    caplog.set_level(logging.INFO)
+    method = "/cowrie.stats.v1.CowrieStatsService/GetSensorStats"
+    ok = metrics.HANDLED.labels(method, "OK")._value.get()
+    _call(running, [("x-api-key", CRON_KEY)])
+    _refusal(running)
+    rpcs = [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
+    assert [(r.code, getattr(r, "api_key_name", None)) for r in rpcs] == logged  # type: ignore[attr-defined]
+    assert metrics.HANDLED.labels(method, "OK")._value.get() == ok + 1  # still counted
+
+
 def test_rotation_reloads_the_keys_file_without_restart(
     sqlite_db: Database,
     start_server: StartServer,

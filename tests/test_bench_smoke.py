@@ -50,6 +50,8 @@ def test_bench_harness_smoke(
     assert query["mixed"]["errors"] == 0 and query["mixed"]["calls"] > 0
     cached = query["result_cache_on"]
     assert cached["mixed"]["errors"] == 0 and cached["mixed"]["calls"] > 0
+    quiet = query["access_log_errors_only"]
+    assert quiet["mixed"]["errors"] == 0 and quiet["mixed"]["calls"] > 0
     rows = query["scenarios"]
     assert len(rows) == 3 * 4 * 2  # RPCs x windows x (with, without sensor filter)
     for row in rows:
@@ -58,5 +60,11 @@ def test_bench_harness_smoke(
         assert row["calls"] > 0, row["scenario"]
         assert row["naive_p50_ms"] > 0, row["scenario"]
         assert row["naive_agrees"] is True, row["scenario"]
+        assert row["cache_on"]["errors"] == 0 and row["cache_on"]["calls"] > 0, row
     assert query["server_memory_mb"]["VmHWM"] > 0
-    assert {t["target"] for t in report["targets"]} >= {"ingest events/s", "mixed stats RPC/s"}
+    names = {t["target"] for t in report["targets"]}
+    assert names >= {
+        "ingest events/s",
+        "mixed stats RPC/s, cache off",
+        "mixed stats RPC/s, cache on",
+    }

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cowrie_stats.cache import ResultCache
+from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.errors import DeadlineExceededError
 
 
@@ -69,3 +69,37 @@ def test_waiting_is_bounded_by_the_deadline() -> None:
         with pytest.raises(DeadlineExceededError):
             cache.get_or_compute("k", lambda: "never", 0.1)
         release.set()
+
+
+def test_values_keep_refuses_are_returned_not_stored() -> None:
+    cache = ResultCache(max_entries=8)
+    assert cache.get_or_compute("k", lambda: "odd", 1, keep=lambda v: v != "odd") == "odd"
+    assert len(cache) == 0
+    assert cache.get_or_compute("k", lambda: "even", 1, keep=lambda v: v != "odd") == "even"
+    assert cache.get_or_compute("k", lambda: "later", 1) == "even"
+
+
+def test_watched_version_is_unknown_before_a_read_and_after_failing_reads() -> None:
+    versions = iter([7, 8])
+    failing = threading.Event()
+
+    def read_version() -> int:
+        if failing.is_set():
+            raise ConnectionError("database gone")  # the fault a lost endpoint raises
+        return next(versions)
+
+    watch = DataVersionWatch(read_version, interval_seconds=0.05)
+    assert watch.current() is None
+    watch.start()
+    try:
+        assert watch.current() == 7
+        deadline = time.monotonic() + 5
+        while watch.current() != 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        failing.set()
+        while watch.current() is not None:  # three intervals without a good read
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        watch.close()

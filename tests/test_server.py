@@ -306,32 +306,120 @@ def test_deadline_stops_the_remaining_queries_of_a_call(loaded: Database) -> Non
         router.close()
 
 
+def _one_more_session(directory: Path, session: str) -> Path:
+    """A log with one new session from a new source address."""
+    path = directory / f"{session}.json"
+    event = {
+        "eventid": "cowrie.session.connect",
+        "session": session,
+        "timestamp": "2026-11-20T12:00:00Z",
+        "sensor": "sensor-eu-1",
+        "src_ip": f"198.51.100.{len(session)}",
+        "protocol": "ssh",
+    }
+    path.write_text(json.dumps(event) + "\n")
+    return path
+
+
 def test_result_cache_answers_repeats_and_is_never_stale(
     loaded: Database, start_server: StartServer, tmp_path: Path
 ) -> None:
     from cowrie_stats import metrics
 
-    running = start_server(loaded.settings(result_cache_entries=8))
+    # Poll interval 0: every call reads the version in its own snapshot.
+    running = start_server(loaded.settings(result_cache_entries=8, data_version_poll_seconds=0))
+    assert running.server.versions is None
     request = stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY)
     hits = metrics.CACHE_HITS._value.get()
     first = running.stub.GetSessionStats(request)
     assert running.stub.GetSessionStats(request) == first
     assert metrics.CACHE_HITS._value.get() == hits + 1
-    extra = tmp_path / "more.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "eventid": "cowrie.session.connect",
-                "session": "late-one",
-                "timestamp": "2026-11-20T12:00:00Z",
-                "sensor": "sensor-eu-1",
-                "src_ip": "198.51.100.99",
-                "protocol": "ssh",
-            }
-        )
-        + "\n"
-    )
-    loaded.ingest([extra])
+    loaded.ingest([_one_more_session(tmp_path, "late-one")])
     after = running.stub.GetSessionStats(request)
     assert after.total_sessions == first.total_sessions + 1
     assert after.unique_source_ips == first.unique_source_ips + 1
+
+
+@contextmanager
+def statements_on(engines: list[Any]) -> Iterator[list[str]]:
+    """Every SQL statement the engines run while inside the block."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
+def test_watched_version_hits_without_sql_and_follows_ingest(
+    loaded: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    running = start_server(loaded.settings(data_version_poll_seconds=0.1))
+    router = running.server.router
+    engines = [endpoint.engine for endpoint in (router.primary, *router.replicas)]
+    request = stats_pb2.GetThreatStatsRequest(top_n=5)
+    with statements_on(engines) as seen:
+        first = running.stub.GetThreatStats(request)
+    assert any("login_attempts" in sql for sql in seen)  # a miss queries
+    with statements_on(engines) as seen:
+        for _ in range(5):
+            assert running.stub.GetThreatStats(request) == first
+    # Only the version poll (and health pings) may have run.
+    assert not [sql for sql in seen if "FROM" in sql.upper() and "data_version" not in sql]
+
+    loaded.ingest([_one_more_session(tmp_path, "late-two")])
+    deadline = time.monotonic() + 5
+    while running.stub.GetThreatStats(request) == first:
+        assert time.monotonic() < deadline, "the new data never showed"
+        time.sleep(0.05)
+    assert running.stub.GetThreatStats(request).unique_source_ips == first.unique_source_ips + 1
+
+
+def test_answer_from_another_version_is_returned_not_cached(
+    loaded: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    from cowrie_stats import metrics
+
+    # A poll interval longer than the test: the watched version stays behind the ingest.
+    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    request = stats_pb2.GetSessionStatsRequest()
+    first = running.stub.GetSessionStats(request)
+    loaded.ingest([_one_more_session(tmp_path, "late-three")])
+    misses = metrics.CACHE_MISSES._value.get()
+    hits = metrics.CACHE_HITS._value.get()
+    # The cached answer of the watched version is still what a hit serves...
+    assert running.stub.GetSessionStats(request) == first
+    assert metrics.CACHE_HITS._value.get() == hits + 1
+    # ...but a new question is computed in the newer snapshot and not filed
+    # under the older version: both calls compute it.
+    newer = stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY)
+    for _ in range(2):
+        assert running.stub.GetSessionStats(newer).total_sessions == first.total_sessions + 1
+    assert metrics.CACHE_MISSES._value.get() == misses + 2
+
+
+def test_both_cache_paths_share_answers(loaded: Database, start_server: StartServer) -> None:
+    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    request = stats_pb2.GetThreatStatsRequest(top_n=3)
+    watched = running.stub.GetThreatStats(request)
+    primary = (("x-cowrie-read-from", "primary"),)
+    assert running.stub.GetThreatStats(request, metadata=primary) == watched
+
+
+def test_primary_reads_bypass_the_watched_version(
+    loaded: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    request = stats_pb2.GetSessionStatsRequest()
+    first = running.stub.GetSessionStats(request)
+    loaded.ingest([_one_more_session(tmp_path, "late-four")])
+    fresh = running.stub.GetSessionStats(request, metadata=(("x-cowrie-read-from", "primary"),))
+    assert fresh.total_sessions == first.total_sessions + 1

@@ -125,14 +125,16 @@ def _sqlite_engine(url: str, writer: bool) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-        if writer:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        # We issue BEGIN ourselves, below: the sqlite3 module would not begin a
+        # transaction before a SELECT, leaving each statement its own snapshot.
+        dbapi_conn.isolation_level = None
 
-    if writer:
+    # Writers take the write lock up front; readers get one WAL snapshot per call.
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
 
     return engine
 
