@@ -105,21 +105,33 @@ class DataVersionWatch:
     :meth:`current` is None until the first read succeeds and again when the
     last good read is older than a few intervals (database down, poll stuck):
     callers then read the version themselves and see the failure themselves.
+
+    When the version changes, ``before_publishing(new)`` runs first (in this
+    thread): it warms the cache for the new version while calls keep getting
+    the answers of the old one, so a dashboard never waits for the queries an
+    ingest made necessary.
     """
 
     STALE_AFTER_INTERVALS = 3
 
-    def __init__(self, read_version: Callable[[], int], interval_seconds: float) -> None:
+    def __init__(
+        self,
+        read_version: Callable[[], int],
+        interval_seconds: float,
+        before_publishing: Callable[[int], None] = lambda _version: None,
+    ) -> None:
         self.read_version = read_version
         self.interval_seconds = interval_seconds
+        self.before_publishing = before_publishing
         self._version: int | None = None
         self._read_at = 0.0
+        self._warming = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def current(self) -> int | None:
         age = time.monotonic() - self._read_at
-        if age > self.interval_seconds * self.STALE_AFTER_INTERVALS:
+        if not self._warming and age > self.interval_seconds * self.STALE_AFTER_INTERVALS:
             return None
         return self._version
 
@@ -129,6 +141,13 @@ class DataVersionWatch:
         except Exception as error:  # any failure only means "unknown"
             log.warning("data version unknown", extra={"error": type(error).__name__})
             return
+        self._read_at = time.monotonic()
+        if self._version is not None and version != self._version:
+            self._warming = True
+            try:
+                self.before_publishing(version)
+            finally:
+                self._warming = False
         self._version, self._read_at = version, time.monotonic()
 
     def start(self) -> None:
@@ -140,7 +159,13 @@ class DataVersionWatch:
         while not self._stop.wait(self.interval_seconds):
             self.poll()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A warm-up query may still run; the thread is a daemon and stops at the
+            # next request, so shutdown does not wait for it.
+            self._thread.join(timeout=self.interval_seconds)

@@ -83,18 +83,17 @@ class StatsServer:
         cache = (
             ResultCache(settings.result_cache_entries) if settings.result_cache_entries else None
         )
+        servicer = CowrieStatsServicer(
+            self.router, limits, settings.default_deadline_seconds, cache
+        )
         self.versions: DataVersionWatch | None = None
         if cache is not None and settings.data_version_poll_seconds > 0:
-            self.versions = DataVersionWatch(
+            servicer.versions = self.versions = DataVersionWatch(
                 lambda: self.router.run_read(data_version, settings.data_version_poll_seconds),
                 settings.data_version_poll_seconds,
+                before_publishing=servicer.warm,
             )
-        stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(
-            CowrieStatsServicer(
-                self.router, limits, settings.default_deadline_seconds, cache, self.versions
-            ),
-            self.server,
-        )
+        stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             stats_pb2.DESCRIPTOR.services_by_name["CowrieStatsService"].full_name,

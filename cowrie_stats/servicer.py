@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -16,7 +20,12 @@ from cowrie_stats.db.routing import Router
 from cowrie_stats.errors import rpc_errors
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 READ_FROM_HEADER = "x-cowrie-read-from"
+# After an ingest, the most recently asked questions are answered again for the new
+# data version before calls see it: at most this many, for at most this long.
+WARM_MAX_REQUESTS = 32
+WARM_BUDGET_SECONDS = 30.0
 
 
 class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
@@ -35,6 +44,9 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self.default_deadline_seconds = default_deadline_seconds
         self.cache = cache
         self.versions = versions
+        # Recently asked cacheable requests, newest last, with the work that answers them.
+        self._recent: OrderedDict[Hashable, Callable[[Connection], Any]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @rpc_errors
     def GetSessionStats(
@@ -82,7 +94,34 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         known = None if prefer_primary or self.versions is None else self.versions.current()
         if known is None:
             return self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
+        self._remember(request_key, work)
         return self._cached_at(known, request_key, work, timeout)
+
+    def _remember(self, request_key: Hashable, work: Callable[[Connection], Any]) -> None:
+        with self._recent_lock:
+            self._recent[request_key] = work
+            self._recent.move_to_end(request_key)
+            while len(self._recent) > WARM_MAX_REQUESTS:
+                self._recent.popitem(last=False)
+
+    def warm(self, version: int) -> None:
+        """Answer the recently asked requests for ``version`` into the cache.
+
+        Sequential, in the version watcher's thread: the extra load is one query
+        at a time, however many callers wait for the new data.
+        """
+        with self._recent_lock:
+            recent = list(reversed(self._recent.items()))
+        deadline = time.monotonic() + WARM_BUDGET_SECONDS
+        for request_key, work in recent:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.versions is not None and self.versions.stopping):
+                return
+            try:
+                self._cached_at(version, request_key, work, remaining)
+            except Exception as error:  # callers will meet it themselves; stop here
+                log.warning("cache warm-up stopped", extra={"error": type(error).__name__})
+                return
 
     def _cached_in_snapshot(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -381,6 +382,46 @@ def test_watched_version_hits_without_sql_and_follows_ingest(
         assert time.monotonic() < deadline, "the new data never showed"
         time.sleep(0.05)
     assert running.stub.GetThreatStats(request).unique_source_ips == first.unique_source_ips + 1
+
+
+def test_recent_questions_are_answered_for_new_data_before_calls_see_it(
+    loaded: Database, start_server: StartServer, tmp_path: Path
+) -> None:
+    from cowrie_stats import metrics
+
+    running = start_server(loaded.settings(data_version_poll_seconds=0.1))
+    watch = running.server.versions
+    assert watch is not None
+    asked = [
+        stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY),
+        stats_pb2.GetSessionStatsRequest(),
+    ]
+    before = [running.stub.GetSessionStats(request) for request in asked]
+    version = watch.current()
+    loaded.ingest([_one_more_session(tmp_path, "late-warm")])
+    deadline = time.monotonic() + 5
+    while watch.current() == version:
+        assert time.monotonic() < deadline, "the watcher never saw the ingest"
+        time.sleep(0.02)
+    misses = metrics.CACHE_MISSES._value.get()
+    after = [running.stub.GetSessionStats(request) for request in asked]
+    assert metrics.CACHE_MISSES._value.get() == misses  # both answered by the warm-up
+    for old, new in zip(before, after, strict=True):
+        assert new.total_sessions == old.total_sessions + 1
+
+
+def test_warm_up_stops_at_a_database_failure(
+    loaded: Database, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest())
+    running.server.router.primary.engine.dispose()
+    Path(running.server.settings.database_url.removeprefix("sqlite:///")).unlink()
+    # The data version table is gone with the file: every query now fails.
+    caplog.set_level(logging.WARNING)
+    servicer_warm = running.server.versions.before_publishing  # type: ignore[union-attr]
+    servicer_warm(10**9)
+    assert "cache warm-up stopped" in caplog.text
 
 
 def test_answer_from_another_version_is_returned_not_cached(
