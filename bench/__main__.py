@@ -140,6 +140,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         errors = sum(r["errors"] + r["cache_on"]["errors"] for r in rows)
         errors += query["mixed"]["errors"] + cached["mixed"]["errors"] + cached["health"]["errors"]
         errors += quiet["mixed"]["errors"] + quiet["health"]["errors"]
+        errors += query["mixed_during_ingest"]["errors"]
         add("errors", errors + query["health"]["errors"], 0, False)
         peak = max(query["server_memory_mb"]["VmHWM"], cached["server_memory_mb"]["VmHWM"])
         add("server peak RSS MB", peak, TARGET_SERVER_RSS_MB, False)
@@ -157,9 +158,11 @@ def cache_on_table(query: dict[str, Any]) -> list[str]:
     quiet = query["access_log_errors_only"]
     named = [("health/check", cached["health"]), ("mixed/all-stats", cached["mixed"])]
     named[1:1] = [(r["scenario"], r["cache_on"]) for r in query["scenarios"]]
+    during = query["mixed_during_ingest"]
     named += [
         ("health, access log errors", quiet["health"]),
         ("mixed, access log errors", quiet["mixed"]),
+        ("mixed, ingest running", during),
     ]
     for name, f in named:
         ratios = ""
@@ -171,6 +174,11 @@ def cache_on_table(query: dict[str, Any]) -> list[str]:
         )
     memory = cached["server_memory_mb"]
     lines.append(f"  server RSS peak {memory['VmHWM']} MB (now {memory['VmRSS']} MB)")
+    lines.append(
+        f"  ingest running: {during['ingested_events']} events,"
+        f" {during['versions_during_run']} new data versions,"
+        f" ingest still running when the load ended: {during['ingest_outlasted_load']}"
+    )
     return lines
 
 

@@ -423,6 +423,60 @@ def _load_server(
         server.stop()
 
 
+def _data_version(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT version FROM data_version").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _mixed_during_ingest(
+    data: dict[str, Any],
+    workdir: Path,
+    mixed: tuple[str, list[dict[str, Any]]],
+    sessions: int,
+    seed: int,
+    duration: float,
+    clients: int,
+    processes: int,
+) -> dict[str, Any]:
+    """The mixed load while ``cowrie-stats ingest`` adds a tenth more sessions.
+
+    Every ingest batch bumps the data version, so the cache keeps meeting new data:
+    this is what a dashboard sees while sensors report, not the idle-data best case.
+    """
+    path = workdir / "more.json"
+    events = generate.write_file(path, sessions=max(sessions // 10, 50), seed=seed + 1)
+    versions_before = _data_version(data["dsn"])
+    server = Server(data["url"], workdir, "during-ingest")
+    try:
+        server.wait_serving()
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "cowrie_stats.cli", "ingest", "--json", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=cli_env(data["url"]),
+            cwd=REPO,
+        )
+        try:
+            figures = summarise(
+                run_load(
+                    server.target, [mixed], duration=duration, clients=clients, processes=processes
+                )
+            )
+            still_running = ingest.poll() is None
+        finally:
+            ingest.wait()
+    finally:
+        server.stop()
+    return {
+        **figures[mixed[0]],
+        "ingested_events": events,
+        "ingest_outlasted_load": still_running,
+        "versions_during_run": _data_version(data["dsn"]) - versions_before,
+    }
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 2) if denominator else 0.0
 
@@ -489,6 +543,11 @@ def run(
     )
     log("query bench: naive baseline")
     naive = run_naive(data["dsn"], chosen)
+    # Last: it adds data, and the naive answers above are checked against the replies.
+    log("query bench: mixed scenario while an ingest runs (cache on, default settings)")
+    during_ingest = _mixed_during_ingest(
+        data, workdir, plan[-1], sessions, seed, duration, clients, processes
+    )
     rpc = summarise(load_result)
     rows = []
     for sc in chosen:
@@ -520,6 +579,7 @@ def run(
             "mixed": cached["mixed/all-stats"],
             "server_memory_mb": memory_cached,
         },
+        "mixed_during_ingest": during_ingest,
         "access_log_errors_only": {
             "health": quiet["health/check"],
             "mixed": quiet["mixed/all-stats"],

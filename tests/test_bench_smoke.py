@@ -50,6 +50,8 @@ def test_bench_harness_smoke(
     assert query["mixed"]["errors"] == 0 and query["mixed"]["calls"] > 0
     cached = query["result_cache_on"]
     assert cached["mixed"]["errors"] == 0 and cached["mixed"]["calls"] > 0
+    during = query["mixed_during_ingest"]
+    assert during["errors"] == 0 and during["calls"] > 0 and during["versions_during_run"] > 0
     quiet = query["access_log_errors_only"]
     assert quiet["mixed"]["errors"] == 0 and quiet["mixed"]["calls"] > 0
     rows = query["scenarios"]
