@@ -100,6 +100,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 default_sensor=args.sensor,
                 batch_lines=args.batch_lines,
                 progress=_show_progress if tty else None,
+                workers=settings.ingest_workers,
             )
             summary = ingester.ingest(args.paths)
             if tty:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,44 @@ def test_small_batches_give_the_same_totals(
     reference.ingest([sample])
     assert snapshot(db.engine) == snapshot(reference.engine)
     reference.engine.dispose()
+
+
+def cursors(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        query = text('SELECT path, compressed, "offset", line_no, tail_hash FROM ingest_cursors')
+        return sorted(tuple(row) for row in conn.execute(query))
+
+
+def test_parallel_parse_stores_exactly_what_a_serial_run_stores(
+    pg_db: Database, sample: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Bad, blank and truncated lines spread over many small batches, so that
+    # several batches are in flight in the workers at once.
+    lines = sample.read_bytes().splitlines(keepends=True)
+    lines[10:10] = [b"not json\n", b"\n", b'{"eventid": "x", "session": "s"}\n']
+    lines[500:500] = [b"[1, 2]\n", b"   \n"]
+    log = tmp_path / "cowrie.json"
+    log.write_bytes(b"".join(lines) + b'{"eventid": "cowrie.login.failed", "sess')
+    parallel = Ingester(pg_db.engine, batch_lines=40, workers=2, parallel_after_lines=100)
+    summary = parallel.ingest([str(log)])
+    assert parallel.batches_parsed_in_workers > 20
+    reference = make_database("sqlite", tmp_path, request)
+    expected = Ingester(reference.engine, batch_lines=40).ingest([str(log)])
+    assert replace(summary, seconds=0.0) == replace(expected, seconds=0.0)
+    assert summary.dead_lettered == 4 and summary.blank_lines == 2
+    assert snapshot(pg_db.engine) == snapshot(reference.engine)
+    assert dead_letters(pg_db.engine) == dead_letters(reference.engine)
+    assert cursors(pg_db.engine) == cursors(reference.engine)
+    # Resuming in parallel reads nothing twice: the cursor stands after the last full line.
+    again = Ingester(pg_db.engine, workers=2, parallel_after_lines=0).ingest([str(log)])
+    assert again.lines_read == 1 and again.events_stored == 0
+    reference.engine.dispose()
+
+
+def test_small_inputs_never_start_parse_workers(pg_db: Database, sample: Path) -> None:
+    ingester = Ingester(pg_db.engine, workers=2)
+    assert ingester.ingest([str(sample)]).events_stored > 0
+    assert ingester.batches_parsed_in_workers == 0
 
 
 def test_stdin_and_directories(db: Database, sample: Path, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ def test_defaults() -> None:
     assert settings.database_url == "sqlite:///var/cowrie-stats.db"
     assert settings.grpc_port == 50051 and settings.replica_urls == ()
     assert settings.primary_url.get_backend_name() == "sqlite"
+    assert settings.ingest_workers == 1
+    assert load_settings({"COWRIE_STATS_INGEST_WORKERS": "0"}).ingest_workers == 0
 
 
 def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:
@@ -48,6 +50,7 @@ def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:
         ({"COWRIE_STATS_GRPC_PORT": "http"}, "GRPC_PORT: expected an integer"),
         ({"COWRIE_STATS_GRPC_PORT": "70000"}, "outside 0..65535"),
         ({"COWRIE_STATS_LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"COWRIE_STATS_INGEST_WORKERS": "-1"}, "INGEST_WORKERS: -1 is outside 0..64"),
         ({"COWRIE_STATS_MAX_REPLICA_LAG": "-1"}, "MAX_REPLICA_LAG"),
         ({"COWRIE_STATS_MAX_REPLICA_LAG": "soon"}, "expected a number"),
         ({"COWRIE_STATS_DATABASE_URL": "mysql://x/y"}, "only sqlite and postgresql"),

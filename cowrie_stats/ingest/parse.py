@@ -14,9 +14,8 @@ import ipaddress
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -58,9 +57,12 @@ LEGACY_EVENTIDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedEvent:
-    """A usable event with the fields the statistics need, already normalised."""
+class ParsedEvent(NamedTuple):
+    """A usable event with the fields the statistics need, already normalised.
+
+    A named tuple rather than a frozen dataclass: built about twice as fast, and
+    unpickled about four times as fast (the parse workers send these back).
+    """
 
     hash: bytes
     sensor: str

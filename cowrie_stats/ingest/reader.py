@@ -6,6 +6,10 @@ where it stopped; a hash of the bytes just before the cursor guards against a
 different file that happens to share the first line (it is read from the start).
 The cursor is committed in the same transaction as the batch it covers: a run
 killed at any point resumes with exactly the totals of an uninterrupted one.
+
+Large inputs are parsed in worker processes (``workers``) while this process
+writes: batches are cut and committed exactly as in a serial run, in order, with
+at most ``workers + 1`` batches parsed ahead so memory stays flat.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +43,9 @@ from cowrie_stats.ingest.writer import BatchWriter, CursorState, DeadLetterRecor
 
 HEAD_BYTES = 4096
 DEFAULT_BATCH_LINES = 5000
+# Below this many lines in one run, starting worker processes (about 0.3 s)
+# costs more than it saves: tests and the demo sample never start them.
+PARALLEL_AFTER_LINES = 50_000
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"
 
@@ -103,10 +113,59 @@ def _tail_hash(tail: bytes) -> bytes:
 
 
 @dataclass
-class _Batch:
+class ParsedBatch:
+    """One batch of lines after parsing: what the writer stores, and the blank lines."""
+
     events: list[ParsedEvent] = field(default_factory=list)
     dead: list[DeadLetterRecord] = field(default_factory=list)
     lines: int = 0
+    blank: int = 0
+
+
+def parse_batch(
+    lines: list[bytes], source: str, first_line_no: int, default_sensor: str | None
+) -> ParsedBatch:
+    """Parse consecutive lines, the first being line ``first_line_no`` of ``source``.
+
+    A pure function of its arguments, so it runs the same in a worker process.
+    Only the last line of a stream can lack its newline: it may still be being
+    written, and its dead letter says so.
+    """
+    batch = ParsedBatch(lines=len(lines))
+    for line_no, line in enumerate(lines, first_line_no):
+        try:
+            event = parse_line(line, default_sensor)
+        except UnusableLineError as exc:
+            reason = str(exc)
+            if not line.endswith(b"\n"):
+                reason = f"truncated last line (no newline): {exc}"
+            batch.dead.append(DeadLetterRecord(source, line_no, reason, dead_letter_text(line)))
+            continue
+        if event is None:
+            batch.blank += 1
+        else:
+            batch.events.append(event)
+    return batch
+
+
+@dataclass
+class _Pending:
+    """A batch handed to the parser, with the cursor to commit once it is stored."""
+
+    parsed: Future[ParsedBatch] | ParsedBatch
+    cursor: CursorState | None
+
+    def result(self) -> ParsedBatch:
+        return self.parsed.result() if isinstance(self.parsed, Future) else self.parsed
+
+
+@dataclass
+class _Position:
+    """Where the stream stands after the lines read so far (complete lines only)."""
+
+    offset: int
+    line_no: int
+    last_line: bytes = b""
 
 
 class Ingester:
@@ -118,22 +177,34 @@ class Ingester:
         default_sensor: str | None = None,
         batch_lines: int = DEFAULT_BATCH_LINES,
         progress: Callable[[IngestSummary], None] | None = None,
+        workers: int = 0,
+        parallel_after_lines: int = PARALLEL_AFTER_LINES,
     ) -> None:
         self.engine = engine
         self.default_sensor = default_sensor
         self.batch_lines = batch_lines
         self.progress = progress
+        self.workers = workers
+        self.parallel_after_lines = parallel_after_lines
         self.summary = IngestSummary()
         self._started = time.monotonic()
+        self._pool: Executor | None = None
+        self._lines_submitted = 0
+        self.batches_parsed_in_workers = 0
 
     def ingest(self, paths: Iterable[str], stdin: BinaryIO | None = None) -> IngestSummary:
-        for path in discover(paths):
-            self.summary.files += 1
-            self.summary.sources.append(path)
-            if path == STDIN:
-                self._ingest_stream(stdin or sys.stdin.buffer, "<stdin>", None)
-            else:
-                self._ingest_file(path)
+        try:
+            for path in discover(paths):
+                self.summary.files += 1
+                self.summary.sources.append(path)
+                if path == STDIN:
+                    self._ingest_stream(stdin or sys.stdin.buffer, "<stdin>", None)
+                else:
+                    self._ingest_file(path)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
         self.summary.seconds = time.monotonic() - self._started
         return self.summary
 
@@ -164,59 +235,57 @@ class Ingester:
     def _ingest_stream(self, stream: BinaryIO, source: str, cursor: CursorState | None) -> None:
         # The cursor covers complete lines only: a last line without its newline
         # may still be being written, so it is read again next time.
-        offset = cursor.offset if cursor else 0
-        line_no = cursor.line_no if cursor else 0
-        last_line = b""
-        batch = _Batch()
-        for line in stream:
-            complete = line.endswith(b"\n")
-            self._parse_into(batch, line, source, line_no + 1, complete)
+        position = _Position(cursor.offset, cursor.line_no) if cursor else _Position(0, 0)
+        pending: deque[_Pending] = deque()
+        for lines in _batches(stream, self.batch_lines):
+            first_line_no = position.line_no + 1
+            self._advance(position, lines)
+            parsed = self._parse(lines, source, first_line_no)
+            pending.append(_Pending(parsed, _cursor_at(cursor, position)))
+            # Ordered and bounded: write the oldest batch once enough are in flight.
+            while len(pending) > self.workers:
+                self._flush(pending.popleft())
+        while pending:
+            self._flush(pending.popleft())
+
+    def _advance(self, position: _Position, lines: list[bytes]) -> None:
+        for line in lines:
             self.summary.bytes_read += len(line)
-            if complete:
-                offset += len(line)
-                line_no += 1
-                last_line = line
-            if batch.lines >= self.batch_lines:
-                self._flush(batch, cursor, offset, line_no, last_line)
-                batch = _Batch()
-        self._flush(batch, cursor, offset, line_no, last_line)
+            if line.endswith(b"\n"):
+                position.offset += len(line)
+                position.line_no += 1
+                position.last_line = line
 
-    def _parse_into(
-        self, batch: _Batch, line: bytes, source: str, line_no: int, complete: bool
-    ) -> None:
-        batch.lines += 1
-        self.summary.lines_read += 1
-        try:
-            event = parse_line(line, self.default_sensor)
-        except UnusableLineError as exc:
-            reason = str(exc) if complete else f"truncated last line (no newline): {exc}"
-            batch.dead.append(DeadLetterRecord(source, line_no, reason, dead_letter_text(line)))
-            return
-        if event is None:
-            self.summary.blank_lines += 1
-        else:
-            batch.events.append(event)
+    def _parse(
+        self, lines: list[bytes], source: str, first_line_no: int
+    ) -> Future[ParsedBatch] | ParsedBatch:
+        self._lines_submitted += len(lines)
+        pool = self._worker_pool()
+        if pool is None:
+            return parse_batch(lines, source, first_line_no, self.default_sensor)
+        self.batches_parsed_in_workers += 1
+        return pool.submit(parse_batch, lines, source, first_line_no, self.default_sensor)
 
-    def _flush(
-        self,
-        batch: _Batch,
-        cursor: CursorState | None,
-        offset: int,
-        line_no: int,
-        last_line: bytes,
-    ) -> None:
-        if not batch.lines:
-            return
-        state = None
-        if cursor is not None:
-            # The tail is the last complete line (at most HEAD_BYTES of it); on
-            # resume the same bytes must precede the stored offset.
-            tail = last_line if last_line else b""
-            state = dataclasses.replace(
-                cursor, offset=offset, line_no=line_no, tail_hash=_tail_hash(tail)
-            )
+    def _worker_pool(self) -> Executor | None:
+        """The parse workers, started once the run has proved large enough to pay for them."""
+        if (
+            self._pool is None
+            and self.workers
+            and self._lines_submitted > self.parallel_after_lines
+        ):
+            # forkserver, not fork: this process holds database connections and
+            # maybe threads (metrics server) that a forked child must not inherit.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["cowrie_stats.ingest.reader"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return self._pool
+
+    def _flush(self, pending: _Pending) -> None:
+        batch = pending.result()
+        self.summary.lines_read += batch.lines
+        self.summary.blank_lines += batch.blank
         with self.engine.begin() as conn:
-            result = BatchWriter(conn).write(batch.events, batch.dead, state)
+            result = BatchWriter(conn).write(batch.events, batch.dead, pending.cursor)
         self.summary.events_stored += result.stored
         self.summary.duplicates_skipped += result.duplicates
         self.summary.dead_lettered += result.dead_lettered
@@ -226,6 +295,32 @@ class Ingester:
         if self.progress is not None:
             self.summary.seconds = time.monotonic() - self._started
             self.progress(self.summary)
+
+
+def _batches(stream: BinaryIO, size: int) -> Iterator[list[bytes]]:
+    """The stream's lines in lists of ``size`` (the last list may be shorter)."""
+    batch: list[bytes] = []
+    for line in stream:
+        batch.append(line)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _cursor_at(cursor: CursorState | None, position: _Position) -> CursorState | None:
+    """The file's cursor moved to ``position``; None for stdin (nothing to resume)."""
+    if cursor is None:
+        return None
+    # The tail is the last complete line (at most HEAD_BYTES of it); on resume the
+    # same bytes must precede the stored offset.
+    return dataclasses.replace(
+        cursor,
+        offset=position.offset,
+        line_no=position.line_no,
+        tail_hash=_tail_hash(position.last_line),
+    )
 
 
 def _skip(stream: BinaryIO, offset: int) -> bytes:
