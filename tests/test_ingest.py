@@ -227,6 +227,23 @@ def test_bad_lines_are_dead_lettered_with_reasons(db: Database, tmp_path: Path) 
     assert len(dead_letters(db.engine)) == 3  # re-reading never duplicates dead letters
 
 
+def test_a_run_that_reads_only_an_unfinished_line_keeps_the_cursor(
+    db: Database, sample: Path
+) -> None:
+    db.ingest([sample])
+    event = {"eventid": "cowrie.session.connect", "session": "zz1", "sensor": "s"}
+    line = json.dumps({**event, "timestamp": "2024-01-01T00:00:00Z"}).encode() + b"\n"
+    with sample.open("ab") as out:
+        out.write(line[:20])  # Cowrie is still writing this line
+    assert db.ingest([sample]).lines_read == 1
+    with sample.open("ab") as out:
+        out.write(line[20:])
+    # Only the finished line is read: the file before it is not read again.
+    summary = db.ingest([sample])
+    assert (summary.lines_read, summary.events_stored) == (1, 1)
+    assert db.ingest([sample]).lines_read == 0
+
+
 def test_hostile_strings_are_stored_intact(db: Database, tmp_path: Path) -> None:
     hostile = ["'; DROP TABLE sessions; --", 'quote " and \\ backslash', "ünïcödé ✓", "x" * 20_000]
     log = tmp_path / "cowrie.json"

@@ -165,7 +165,9 @@ class _Position:
 
     offset: int
     line_no: int
-    last_line: bytes = b""
+    # None until a complete line is read: the cursor's own tail still stands then
+    # (a run that reads only a line still being written must not forget it).
+    last_line: bytes | None = None
 
 
 class Ingester:
@@ -315,6 +317,8 @@ def _cursor_at(cursor: CursorState | None, position: _Position) -> CursorState |
         return None
     # The tail is the last complete line (at most HEAD_BYTES of it); on resume the
     # same bytes must precede the stored offset.
+    if position.last_line is None:
+        return cursor
     return dataclasses.replace(
         cursor,
         offset=position.offset,
