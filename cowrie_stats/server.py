@@ -26,7 +26,7 @@ from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
-from cowrie_stats.interceptors import build_interceptors
+from cowrie_stats.interceptors import AccessLog, build_interceptors
 from cowrie_stats.queries import data_version
 from cowrie_stats.servicer import CowrieStatsServicer
 from cowrie_stats.settings import Settings
@@ -73,9 +73,10 @@ class StatsServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stopping = threading.Event()
         self._health_thread: threading.Thread | None = None
+        self.access_log = AccessLog()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-            interceptors=build_interceptors(settings),
+            interceptors=build_interceptors(settings, self.access_log),
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -125,6 +126,7 @@ class StatsServer:
             host = self.settings.metrics_host
             self.metrics_server = metrics.MetricsServer(host, self.settings.metrics_port)
             log.info("metrics", extra={"address": f"{host}:{self.metrics_server.port}"})
+        self.access_log.start()
         self.server.start()
         self._health_thread = threading.Thread(
             target=self._health_loop, name="db-health", daemon=True
@@ -160,6 +162,7 @@ class StatsServer:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
         self.server.stop(grace).wait()
+        self.access_log.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         metrics.DATABASE.untrack(self.router)

@@ -217,6 +217,7 @@ def test_access_log_names_the_key_and_never_shows_it(
     _refusal(running, [("x-api-key", "wrong-key-wrong-key")])
     _call(running, [("x-api-key", CRON_KEY)])
     _refusal(running)
+    running.server.access_log.flush()
     rpcs = [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
     seen = [(r.code, getattr(r, "api_key_name", None)) for r in rpcs]  # type: ignore[attr-defined]
     assert seen == [
@@ -248,6 +249,7 @@ def test_access_log_modes_keep_failures_or_nothing(
     ok = metrics.HANDLED.labels(method, "OK")._value.get()
     _call(running, [("x-api-key", CRON_KEY)])
     _refusal(running)
+    running.server.access_log.flush()
     rpcs = [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
     assert [(r.code, getattr(r, "api_key_name", None)) for r in rpcs] == logged  # type: ignore[attr-defined]
     assert metrics.HANDLED.labels(method, "OK")._value.get() == ok + 1  # still counted

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
+import grpc
 import pytest
 
+from cowrie_stats import interceptors
+from cowrie_stats.auth import CALLER
+from cowrie_stats.interceptors import AccessLog
 from cowrie_stats.logs import JsonFormatter, TextFormatter, configure
 
 
@@ -51,3 +57,60 @@ def test_configure_installs_one_handler(fmt: str, kind: type) -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
+
+
+def test_access_lines_keep_call_time_order_and_caller(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    lines = AccessLog(interval=3600)  # flushed by hand here
+    before = time.time()
+    lines.add("/x/A", grpc.StatusCode.OK, 0.0015)
+    token = CALLER.set("grafana")
+    lines.add("/x/B", grpc.StatusCode.NOT_FOUND, 0.25)
+    CALLER.reset(token)
+    time.sleep(0.05)
+    assert _access_lines(caplog) == []  # nothing written by the serving thread
+    lines.flush()
+    first, second = _access_lines(caplog)
+    assert (first.method, first.code, first.duration_ms) == ("/x/A", "OK", 1.5)  # type: ignore[attr-defined]
+    assert not hasattr(first, "api_key_name")
+    assert (second.code, second.api_key_name) == ("NOT_FOUND", "grafana")  # type: ignore[attr-defined]
+    # The time of the call, not of the write.
+    assert before <= first.created <= second.created < before + 0.05
+    assert first.msecs == pytest.approx((first.created % 1) * 1000)
+
+
+def test_access_log_thread_writes_and_close_writes_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    lines = AccessLog(interval=0.01)
+    lines.start()
+    lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+    deadline = time.monotonic() + 5
+    while not _access_lines(caplog) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_access_lines(caplog)) == 1
+    lines.add("/x/B", grpc.StatusCode.OK, 0.001)
+    lines.close()
+    assert [r.method for r in _access_lines(caplog)] == ["/x/A", "/x/B"]  # type: ignore[attr-defined]
+    assert not any(t.name == "access-log" for t in threading.enumerate())
+
+
+def test_access_lines_past_the_bound_are_counted_not_kept(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(interceptors, "MAX_PENDING_LINES", 2)
+    lines = AccessLog(interval=3600)
+    for _ in range(5):
+        lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+    lines.flush()
+    assert len(_access_lines(caplog)) == 2
+    (warning,) = [r for r in caplog.records if r.msg == "access log lines dropped"]
+    assert warning.lines == 3  # type: ignore[attr-defined]
+    lines.flush()
+    assert len([r for r in caplog.records if r.msg == "access log lines dropped"]) == 1
