@@ -50,6 +50,8 @@ class AccessLog:
         self._thread: threading.Thread | None = None
 
     def add(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
+        if not log.isEnabledFor(logging.INFO):  # COWRIE_STATS_LOG_LEVEL above INFO
+            return
         if len(self._pending) >= MAX_PENDING_LINES:
             self.dropped += 1
             return

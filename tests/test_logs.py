@@ -114,3 +114,25 @@ def test_access_lines_past_the_bound_are_counted_not_kept(
     assert warning.lines == 3  # type: ignore[attr-defined]
     lines.flush()
     assert len([r for r in caplog.records if r.msg == "access log lines dropped"]) == 1
+
+
+def test_access_lines_follow_the_log_level() -> None:
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()  # level NOTSET: only the logger's level can hold lines back
+    handler.emit = seen.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    try:
+        root.setLevel(logging.WARNING)
+        lines = AccessLog(interval=3600)
+        lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+        lines.flush()
+        assert seen == []
+        root.setLevel(logging.INFO)
+        lines.add("/x/B", grpc.StatusCode.OK, 0.001)
+        lines.flush()
+        assert [r.method for r in seen] == ["/x/B"]  # type: ignore[attr-defined]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
