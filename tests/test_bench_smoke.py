@@ -43,6 +43,8 @@ def test_bench_harness_smoke(
     assert ingest["copy"]["rows"] == 2000
     assert ingest["events_per_second"] > 0 and ingest["copy_ratio"] > 0
     assert set(ingest["peak_rss_mb"]) == {"small", "large"}
+    # The sampled tree includes the ingest process itself: never less than a Python process.
+    assert all(mb > 10 for mb in ingest["peak_tree_pss_mb"].values())
 
     query = report["query"]
     assert query["data"]["sessions"] == 200

@@ -165,6 +165,21 @@ def test_parallel_parse_stores_exactly_what_a_serial_run_stores(
     reference.engine.dispose()
 
 
+def test_parse_workers_load_neither_sqlalchemy_nor_psycopg(sqlite_db: Database) -> None:
+    # A worker's memory is what it imports: the parser only (docs/performance.md).
+    ingester = Ingester(sqlite_db.engine, workers=1, parallel_after_lines=-1)
+    pool = ingester._worker_pool()
+    assert pool is not None
+    try:
+        loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=60)
+    finally:
+        pool.shutdown()
+    assert "cowrie_stats.ingest.batch" in loaded
+    roots = {name.split(".")[0] for name in loaded}
+    assert not roots & {"sqlalchemy", "psycopg", "prometheus_client", "grpc"}
+    assert not [name for name in loaded if name.startswith("cowrie_stats.db")]
+
+
 def test_small_inputs_never_start_parse_workers(pg_db: Database, sample: Path) -> None:
     ingester = Ingester(pg_db.engine, workers=2)
     assert ingester.ingest([str(sample)]).events_stored > 0

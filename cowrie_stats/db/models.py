@@ -48,6 +48,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cowrie_stats.ingest.parse import HASH_BYTES
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -55,7 +57,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-HASH_BYTES = 16
 SESSION_ID = BigInteger().with_variant(Integer, "sqlite")  # rowid alias on SQLite
 
 

@@ -19,7 +19,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from cowrie_stats.db.models import HASH_BYTES
+# Bytes of an event's identity hash (blake2b of its canonical JSON); the tables'
+# hash columns are sized from it. Defined here, not in the models, so that the
+# parse workers never import SQLAlchemy.
+HASH_BYTES = 16
 
 UNKNOWN_SENSOR = "unknown"
 MAX_RAW_CHARS = 8192  # how much of an unusable line the dead-letter record keeps

@@ -33,13 +33,8 @@ from typing import BinaryIO
 from sqlalchemy import Engine
 
 from cowrie_stats import metrics
-from cowrie_stats.ingest.parse import (
-    ParsedEvent,
-    UnusableLineError,
-    dead_letter_text,
-    parse_line,
-)
-from cowrie_stats.ingest.writer import BatchWriter, CursorState, DeadLetterRecord, load_cursor
+from cowrie_stats.ingest.batch import ParsedBatch, parse_batch
+from cowrie_stats.ingest.writer import BatchWriter, CursorState, load_cursor
 
 HEAD_BYTES = 4096
 DEFAULT_BATCH_LINES = 5000
@@ -110,42 +105,6 @@ def _head_hash(path: str) -> bytes:
 
 def _tail_hash(tail: bytes) -> bytes:
     return hashlib.sha256(tail[-HEAD_BYTES:]).digest()
-
-
-@dataclass
-class ParsedBatch:
-    """One batch of lines after parsing: what the writer stores, and the blank lines."""
-
-    events: list[ParsedEvent] = field(default_factory=list)
-    dead: list[DeadLetterRecord] = field(default_factory=list)
-    lines: int = 0
-    blank: int = 0
-
-
-def parse_batch(
-    lines: list[bytes], source: str, first_line_no: int, default_sensor: str | None
-) -> ParsedBatch:
-    """Parse consecutive lines, the first being line ``first_line_no`` of ``source``.
-
-    A pure function of its arguments, so it runs the same in a worker process.
-    Only the last line of a stream can lack its newline: it may still be being
-    written, and its dead letter says so.
-    """
-    batch = ParsedBatch(lines=len(lines))
-    for line_no, line in enumerate(lines, first_line_no):
-        try:
-            event = parse_line(line, default_sensor)
-        except UnusableLineError as exc:
-            reason = str(exc)
-            if not line.endswith(b"\n"):
-                reason = f"truncated last line (no newline): {exc}"
-            batch.dead.append(DeadLetterRecord(source, line_no, reason, dead_letter_text(line)))
-            continue
-        if event is None:
-            batch.blank += 1
-        else:
-            batch.events.append(event)
-    return batch
 
 
 @dataclass
@@ -278,7 +237,7 @@ class Ingester:
             # forkserver, not fork: this process holds database connections and
             # maybe threads (metrics server) that a forked child must not inherit.
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["cowrie_stats.ingest.reader"])
+            context.set_forkserver_preload(["cowrie_stats.ingest.batch"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool
 

@@ -35,17 +35,18 @@ from cowrie_stats.db.models import (
     DEAD_LETTERS,
     DOWNLOADS,
     EVENTS,
-    HASH_BYTES,
     HOURLY_ROLLUPS,
     INGEST_CURSORS,
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
 )
+from cowrie_stats.ingest.batch import DeadLetterRecord
 from cowrie_stats.ingest.parse import (
     CLIENT_VERSION,
     COMMAND_INPUT,
     FILE_DOWNLOAD,
+    HASH_BYTES,
     LOGIN_FAILED,
     LOGIN_SUCCESS,
     PROTOCOLS,
@@ -65,14 +66,6 @@ DETAIL_COLUMNS = ["event_hash", "sensor_id", "session_id", "ts_us"]
 LOGIN_COLUMNS = [*DETAIL_COLUMNS, "username", "password", "success"]
 COMMAND_COLUMNS = [*DETAIL_COLUMNS, "input"]
 DOWNLOAD_COLUMNS = [*DETAIL_COLUMNS, "shasum", "url", "outfile"]
-
-
-@dataclass(frozen=True)
-class DeadLetterRecord:
-    source: str
-    line_no: int
-    reason: str
-    raw: str
 
 
 @dataclass(frozen=True)
