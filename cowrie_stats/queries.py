@@ -393,65 +393,60 @@ def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.Sess
 
 
 def _top_values(
-    conn: Connection, value: Column[Any], where: ColumnElement[bool], top_n: int
-) -> tuple[list[tuple[Any, int]], int]:
-    """The top ``top_n`` (value, count) pairs and how many distinct values there are.
+    conn: Connection,
+    value: Column[Any],
+    where: ColumnElement[bool],
+    top_n: int,
+    *also: ColumnElement[Any],
+) -> tuple[list[tuple[Any, ...]], int]:
+    """The top ``top_n`` rows (value, count, *also) and how many distinct values there are.
 
-    ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the groups,
-    which is the distinct count the response also needs, from the same scan.
+    ``also`` are further aggregates per value. ``count(*) OVER ()`` runs after
+    GROUP BY and before LIMIT: it counts the groups, which is the distinct count
+    the response also needs, from the same scan.
     """
     count = func.count()
     query: Select[Any] = (
-        select(value, count, func.count().over())
+        select(value, count, *also, func.count().over())
         .where(where, value.is_not(None))
         .group_by(value)
         .order_by(count.desc(), _bytewise(value, conn).asc())
         .limit(top_n)
     )
     rows = conn.execute(query).all()
-    return [(row[0], int(row[1])) for row in rows], int(rows[0][2]) if rows else 0
+    return [tuple(row[:-1]) for row in rows], int(rows[0][-1]) if rows else 0
 
 
 def _ranked_events(
     conn: Connection, table: Table, value: Column[Any], where: ColumnElement[bool], top_n: int
 ) -> tuple[list[stats_pb2.RankedValue], int]:
-    """Rank an event table's values; sessions and first/last only for the winners.
+    """Rank an event table's values; first/last come with the ranking, sessions after.
 
-    Distinct sessions need a sort per group: computing them for the top values
-    alone, in a second query, keeps the full scan a cheap hash count.
+    Distinct sessions are counted for the winners alone, in a second query: a
+    sort per winner (count(DISTINCT)) measured 15-35 % faster than hashing the
+    winners' (value, session) pairs, whose hash table spills to disk once the
+    top values cover hundreds of thousands of rows.
     """
-    top, distinct = _top_values(conn, value, where, top_n)
+    ts = table.c.ts_us
+    top, distinct = _top_values(conn, value, where, top_n, func.min(ts), func.max(ts))
     if not top:
         return [], 0
-    # Per (value, session) first, then per value: hashing instead of count(DISTINCT).
-    of_top = and_(where, value.in_([v for v, _ in top]))
-    pairs = (
-        select(
-            value.label("v"),
-            func.min(table.c.ts_us).label("first"),
-            func.max(table.c.ts_us).label("last"),
-        )
-        .where(of_top)
-        .group_by(value, table.c.session_id)
-        .subquery()
+    sessions: dict[Any, int] = dict(
+        conn.execute(
+            select(value, func.count(table.c.session_id.distinct()))
+            .where(where, value.in_([row[0] for row in top]))
+            .group_by(value)
+        ).all()
     )
-    details = {
-        row[0]: row[1:]
-        for row in conn.execute(
-            select(
-                pairs.c.v, func.count(), func.min(pairs.c.first), func.max(pairs.c.last)
-            ).group_by(pairs.c.v)
-        )
-    }
     ranked = [
         stats_pb2.RankedValue(
             value=v,
             count=n,
-            sessions=details[v][0],
-            first_seen=_timestamp(details[v][1]),
-            last_seen=_timestamp(details[v][2]),
+            sessions=sessions[v],
+            first_seen=_timestamp(first),
+            last_seen=_timestamp(last),
         )
-        for v, n in top
+        for v, n, first, last in top
     ]
     return ranked, distinct
 
