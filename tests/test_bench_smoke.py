@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Database
 from pgcluster import PgCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,3 +73,28 @@ def test_bench_harness_smoke(
         "mixed stats RPC/s, cache off",
         "mixed stats RPC/s, cache on",
     }
+
+
+def test_statement_profile_times_every_statement_of_a_cold_call(
+    pg_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import statements
+    from cowrie_stats.ingest.reader import Ingester
+    from cowrie_stats.sample import write_sample
+
+    write_sample(tmp_path / "cowrie.json")
+    Ingester(pg_db.engine).ingest([str(tmp_path / "cowrie.json")])
+    output = tmp_path / "statements.json"
+    argv = ["--dsn", pg_db.url, "--scenarios", "^(threat|sensor)/all/", "--repeat", "1"]
+    assert statements.main([*argv, "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert [r["scenario"] for r in results] == [
+        "threat/all/all-sensors",
+        "threat/all/sensor",
+        "sensor/all/all-sensors",
+        "sensor/all/sensor",
+    ]
+    for result in results:
+        assert result["call_ms"] > 0 and len(result["statements"]) >= 4
+        assert all(s["statement"].startswith("SELECT") for s in result["statements"])
+    assert "threat/all/all-sensors:" in capsys.readouterr().out
