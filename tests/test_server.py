@@ -31,7 +31,7 @@ from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
 from cowrie_stats import SERVICE_NAME, queries
-from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.schema import SchemaError
 from cowrie_stats.server import StatsServer
 
@@ -173,12 +173,25 @@ def _serve(url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
 
 
 def test_sigterm_exits_zero(loaded: Database) -> None:
-    proc = _serve(loaded.url, _free_port(), COWRIE_STATS_LOG_FORMAT="json")
+    port = _free_port()
+    proc = _serve(loaded.url, port, COWRIE_STATS_LOG_FORMAT="json")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = stats_pb2_grpc.CowrieStatsServiceStub(channel)
+        stub.GetSessionStats(stats_pb2.GetSessionStatsRequest(), timeout=10)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert any(line.get("message") == "stopped" for line in lines)
+    messages = [line.get("message") for line in lines]
+    assert "stopped" in messages
+    # The access-log thread wrote the call's line, at the latest while stopping.
+    (access,) = [
+        line
+        for line in lines
+        if line.get("logger") == "cowrie_stats.access"
+        and line["method"].endswith("/GetSessionStats")
+    ]
+    assert access["code"] == "OK" and lines.index(access) < messages.index("stopped")
 
 
 @contextmanager
