@@ -231,8 +231,7 @@ def test_sigterm_drains_a_slow_call(pg_db: Database) -> None:
     port = _free_port()
     proc = _serve(pg_db.url, port)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = __import__("cowrie_stats._gen.cowrie.stats.v1.stats_pb2_grpc", fromlist=["x"])
-    client = stub.CowrieStatsServiceStub(channel)
+    client = stats_pb2_grpc.CowrieStatsServiceStub(channel)
     with ThreadPoolExecutor(1) as pool, table_locked(pg_db.url, "sessions"):
         future: Future[Any] = pool.submit(
             client.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
