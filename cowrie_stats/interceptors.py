@@ -46,6 +46,7 @@ class AccessLog:
         self.dropped = 0
         self._pending: deque[tuple[float, str, str, float, str | None]] = deque()
         self._flushing = threading.Lock()
+        self._dropping = threading.Lock()  # only taken when lines are dropped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -53,7 +54,8 @@ class AccessLog:
         if not log.isEnabledFor(logging.INFO):  # COWRIE_STATS_LOG_LEVEL above INFO
             return
         if len(self._pending) >= MAX_PENDING_LINES:
-            self.dropped += 1
+            with self._dropping:  # += is not atomic across threads
+                self.dropped += 1
             return
         self._pending.append((time.time(), method, code.name, elapsed, CALLER.get()))
 
@@ -61,8 +63,9 @@ class AccessLog:
         with self._flushing:
             while self._pending:
                 self._emit(*self._pending.popleft())
-            if self.dropped:
+            with self._dropping:
                 dropped, self.dropped = self.dropped, 0
+            if dropped:
                 log.warning("access log lines dropped", extra={"lines": dropped})
 
     @staticmethod

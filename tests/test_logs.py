@@ -146,3 +146,25 @@ def test_access_lines_follow_the_log_level() -> None:
     finally:
         root.removeHandler(handler)
         root.setLevel(saved)
+
+
+def test_dropped_lines_are_counted_exactly_across_threads(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(interceptors, "MAX_PENDING_LINES", 10)
+    lines = AccessLog(interval=3600)
+
+    def add_many() -> None:
+        for _ in range(5_000):
+            lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+
+    threads = [threading.Thread(target=add_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines.flush()
+    assert len(_access_lines(caplog)) == 10
+    (warning,) = [r for r in caplog.records if r.msg == "access log lines dropped"]
+    assert warning.lines == 8 * 5_000 - 10  # type: ignore[attr-defined]
