@@ -165,6 +165,8 @@ def test_dropped_lines_are_counted_exactly_across_threads(
     for thread in threads:
         thread.join()
     lines.flush()
-    assert len(_access_lines(caplog)) == 10
+    # The bound is soft (a thread may pass the check just before another appends);
+    # what holds exactly is that every line is either written or counted.
+    written = len(_access_lines(caplog))
     (warning,) = [r for r in caplog.records if r.msg == "access log lines dropped"]
-    assert warning.lines == 8 * 5_000 - 10  # type: ignore[attr-defined]
+    assert written >= 10 and written + warning.lines == 8 * 5_000  # type: ignore[attr-defined]
