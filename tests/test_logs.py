@@ -100,20 +100,30 @@ def test_access_log_thread_writes_and_close_writes_the_rest(
     assert not any(t.name == "access-log" for t in threading.enumerate())
 
 
+def _bounded(
+    bound: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> AccessLog:
+    """An access log that keeps at most ``bound`` pending lines, flushed by hand."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(interceptors, "MAX_PENDING_LINES", bound)
+    return AccessLog(interval=3600)
+
+
+def _drop_reports(caplog: pytest.LogCaptureFixture) -> list[int]:
+    return [r.lines for r in caplog.records if r.msg == "access log lines dropped"]  # type: ignore[attr-defined]
+
+
 def test_access_lines_past_the_bound_are_counted_not_kept(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    caplog.set_level(logging.INFO)
-    monkeypatch.setattr(interceptors, "MAX_PENDING_LINES", 2)
-    lines = AccessLog(interval=3600)
+    lines = _bounded(2, caplog, monkeypatch)
     for _ in range(5):
         lines.add("/x/A", grpc.StatusCode.OK, 0.001)
     lines.flush()
     assert len(_access_lines(caplog)) == 2
-    (warning,) = [r for r in caplog.records if r.msg == "access log lines dropped"]
-    assert warning.lines == 3  # type: ignore[attr-defined]
+    assert _drop_reports(caplog) == [3]
     lines.flush()
-    assert len([r for r in caplog.records if r.msg == "access log lines dropped"]) == 1
+    assert _drop_reports(caplog) == [3]  # reported once
 
 
 class _Keep(logging.Handler):
@@ -151,9 +161,7 @@ def test_access_lines_follow_the_log_level() -> None:
 def test_dropped_lines_are_counted_exactly_across_threads(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    caplog.set_level(logging.INFO)
-    monkeypatch.setattr(interceptors, "MAX_PENDING_LINES", 10)
-    lines = AccessLog(interval=3600)
+    lines = _bounded(10, caplog, monkeypatch)
 
     def add_many() -> None:
         for _ in range(5_000):
@@ -168,5 +176,5 @@ def test_dropped_lines_are_counted_exactly_across_threads(
     # The bound is soft (a thread may pass the check just before another appends);
     # what holds exactly is that every line is either written or counted.
     written = len(_access_lines(caplog))
-    (warning,) = [r for r in caplog.records if r.msg == "access log lines dropped"]
-    assert written >= 10 and written + warning.lines == 8 * 5_000  # type: ignore[attr-defined]
+    (dropped,) = _drop_reports(caplog)
+    assert written >= 10 and written + dropped == 8 * 5_000
