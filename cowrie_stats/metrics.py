@@ -8,7 +8,9 @@ background updater. Ingest counters live in the process that ingests.
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
@@ -150,3 +152,38 @@ class MetricsServer:
 
 CACHE_HITS = Counter("cowrie_stats_result_cache_hits", "Statistics answered from the result cache.")
 CACHE_MISSES = Counter("cowrie_stats_result_cache_misses", "Statistics computed by queries.")
+
+GC_PAUSE = Histogram(
+    "cowrie_stats_gc_pause_seconds",
+    "Time spent in Python's cyclic garbage collector per collection (all threads stop).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+
+class GcPauses:
+    """Times every collection of the cyclic garbage collector into :data:`GC_PAUSE`.
+
+    A collection holds the GIL, so its length is added to every call in flight.
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._children = [GC_PAUSE.labels(str(generation)) for generation in range(3)]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
+GC_PAUSES = GcPauses()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import urllib.error
 import urllib.request
@@ -10,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import Database, RunningServer, StartServer
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from cowrie_stats import metrics
@@ -163,3 +165,25 @@ def test_metrics_endpoint_is_off_by_default_and_stops_with_the_server(
     running.server.stop(grace=0)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+
+
+def _gc_pauses_observed(generation: int) -> float:
+    value = REGISTRY.get_sample_value(
+        "cowrie_stats_gc_pause_seconds_count", {"generation": str(generation)}
+    )
+    return value or 0.0
+
+
+def test_gc_pauses_are_timed_per_generation_while_installed() -> None:
+    pauses = metrics.GcPauses()
+    before = _gc_pauses_observed(2)
+    pauses.install()
+    pauses.install()  # once only
+    try:
+        gc.collect()
+        assert _gc_pauses_observed(2) == before + 1
+    finally:
+        pauses.remove()
+    pauses.remove()  # removing twice is harmless
+    gc.collect()
+    assert _gc_pauses_observed(2) == before + 1
