@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -145,6 +146,11 @@ def pg_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     database = make_database("postgresql", tmp_path, request)
     yield database
     database.engine.dispose()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The access-log records ("rpc" lines of logger cowrie_stats.access) caught so far."""
+    return [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Database, RunningServer, StartServer
+from conftest import Database, RunningServer, StartServer, access_lines
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -218,7 +218,7 @@ def test_access_log_names_the_key_and_never_shows_it(
     _call(running, [("x-api-key", CRON_KEY)])
     _refusal(running)
     running.server.access_log.flush()
-    rpcs = [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
+    rpcs = access_lines(caplog)
     seen = [(r.code, getattr(r, "api_key_name", None)) for r in rpcs]  # type: ignore[attr-defined]
     assert seen == [
         ("OK", "grafana"),
@@ -250,7 +250,7 @@ def test_access_log_modes_keep_failures_or_nothing(
     _call(running, [("x-api-key", CRON_KEY)])
     _refusal(running)
     running.server.access_log.flush()
-    rpcs = [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
+    rpcs = access_lines(caplog)
     assert [(r.code, getattr(r, "api_key_name", None)) for r in rpcs] == logged  # type: ignore[attr-defined]
     assert metrics.HANDLED.labels(method, "OK")._value.get() == ok + 1  # still counted
 

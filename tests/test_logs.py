@@ -9,6 +9,7 @@ import time
 
 import grpc
 import pytest
+from conftest import access_lines
 
 from cowrie_stats import interceptors
 from cowrie_stats.auth import CALLER
@@ -59,10 +60,6 @@ def test_configure_installs_one_handler(fmt: str, kind: type) -> None:
         root.setLevel(level)
 
 
-def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]
-
-
 def test_access_lines_keep_call_time_order_and_caller(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     lines = AccessLog(interval=3600)  # flushed by hand here
@@ -72,9 +69,9 @@ def test_access_lines_keep_call_time_order_and_caller(caplog: pytest.LogCaptureF
     lines.add("/x/B", grpc.StatusCode.NOT_FOUND, 0.25)
     CALLER.reset(token)
     time.sleep(0.05)
-    assert _access_lines(caplog) == []  # nothing written by the serving thread
+    assert access_lines(caplog) == []  # nothing written by the serving thread
     lines.flush()
-    first, second = _access_lines(caplog)
+    first, second = access_lines(caplog)
     assert (first.method, first.code, first.duration_ms) == ("/x/A", "OK", 1.5)  # type: ignore[attr-defined]
     assert not hasattr(first, "api_key_name")
     assert (second.code, second.api_key_name) == ("NOT_FOUND", "grafana")  # type: ignore[attr-defined]
@@ -91,12 +88,12 @@ def test_access_log_thread_writes_and_close_writes_the_rest(
     lines.start()
     lines.add("/x/A", grpc.StatusCode.OK, 0.001)
     deadline = time.monotonic() + 5
-    while not _access_lines(caplog) and time.monotonic() < deadline:
+    while not access_lines(caplog) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(_access_lines(caplog)) == 1
+    assert len(access_lines(caplog)) == 1
     lines.add("/x/B", grpc.StatusCode.OK, 0.001)
     lines.close()
-    assert [r.method for r in _access_lines(caplog)] == ["/x/A", "/x/B"]  # type: ignore[attr-defined]
+    assert [r.method for r in access_lines(caplog)] == ["/x/A", "/x/B"]  # type: ignore[attr-defined]
     assert not any(t.name == "access-log" for t in threading.enumerate())
 
 
@@ -120,7 +117,7 @@ def test_access_lines_past_the_bound_are_counted_not_kept(
     for _ in range(5):
         lines.add("/x/A", grpc.StatusCode.OK, 0.001)
     lines.flush()
-    assert len(_access_lines(caplog)) == 2
+    assert len(access_lines(caplog)) == 2
     assert _drop_reports(caplog) == [3]
     lines.flush()
     assert _drop_reports(caplog) == [3]  # reported once
@@ -175,6 +172,6 @@ def test_dropped_lines_are_counted_exactly_across_threads(
     lines.flush()
     # The bound is soft (a thread may pass the check just before another appends);
     # what holds exactly is that every line is either written or counted.
-    written = len(_access_lines(caplog))
+    written = len(access_lines(caplog))
     (dropped,) = _drop_reports(caplog)
     assert written >= 10 and written + dropped == 8 * 5_000

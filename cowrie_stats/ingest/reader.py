@@ -274,10 +274,10 @@ def _cursor_at(cursor: CursorState | None, position: _Position) -> CursorState |
     """The file's cursor moved to ``position``; None for stdin (nothing to resume)."""
     if cursor is None:
         return None
+    if position.last_line is None:  # no complete line read: the cursor stands
+        return cursor
     # The tail is the last complete line (at most HEAD_BYTES of it); on resume the
     # same bytes must precede the stored offset.
-    if position.last_line is None:
-        return cursor
     return dataclasses.replace(
         cursor,
         offset=position.offset,
