@@ -113,24 +113,32 @@ def load(admin_url: str, app_url: str, workdir: Path, sessions: int, seed: int) 
         conn.execute("VACUUM ANALYZE")
         row = conn.execute(
             "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM events),"
-            " (SELECT max(ts_us) FROM events), pg_database_size(current_database())"
+            " pg_database_size(current_database())"
         ).fetchone()
-        busiest = conn.execute(
-            "SELECT s.name FROM hourly_rollups h JOIN sensors s ON s.id = h.sensor_id"
-            " GROUP BY s.name ORDER BY sum(h.events) DESC LIMIT 1"
-        ).fetchone()
-    assert row is not None and busiest is not None
+        last_ts_us, busiest = last_event_and_busiest_sensor(conn)
+    assert row is not None
     return {
         "url": url,
         "dsn": dsn,
         "sessions": int(row[0]),
         "events": int(row[1]),
-        "last_ts_us": int(row[2]),
-        "database_mb": round(int(row[3]) / 2**20, 1),
-        "busiest_sensor": str(busiest[0]),
+        "last_ts_us": last_ts_us,
+        "database_mb": round(int(row[2]) / 2**20, 1),
+        "busiest_sensor": busiest,
         "generate_seconds": round(generated, 2),
         "ingest": ingest.as_dict(),
     }
+
+
+def last_event_and_busiest_sensor(conn: psycopg.Connection[Any]) -> tuple[int, str]:
+    """What the scenarios are built from: the newest event's time, the sensor with most events."""
+    row = conn.execute(
+        "SELECT (SELECT max(ts_us) FROM events),"
+        " (SELECT s.name FROM hourly_rollups h JOIN sensors s ON s.id = h.sensor_id"
+        "  GROUP BY s.name ORDER BY sum(h.events) DESC LIMIT 1)"
+    ).fetchone()
+    assert row is not None and row[0] is not None, "no events loaded"
+    return int(row[0]), str(row[1])
 
 
 def scenarios(last_ts_us: int, sensor: str) -> list[Scenario]:

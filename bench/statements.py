@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from google.protobuf import json_format
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event
 
 from bench import query_bench
 from cowrie_stats import queries, validation
@@ -89,18 +90,13 @@ def profile(engine: Engine, scenario: query_bench.Scenario, repeat: int) -> dict
 
 
 def run(dsn_or_url: str, select: Callable[[str], bool], repeat: int) -> list[dict[str, Any]]:
-    url = dsn_or_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    dsn = dsn_or_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn) as conn:
+        last_ts_us, busiest = query_bench.last_event_and_busiest_sensor(conn)
+    chosen = [sc for sc in query_bench.scenarios(last_ts_us, busiest) if select(sc.name)]
+    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
     engine = create_db_engine(url, Settings(database_url=url))
     try:
-        with engine.connect() as conn:
-            last = conn.execute(text("SELECT max(ts_us) FROM events")).scalar_one()
-            busiest = conn.execute(
-                text(
-                    "SELECT s.name FROM hourly_rollups h JOIN sensors s ON s.id = h.sensor_id"
-                    " GROUP BY s.name ORDER BY sum(h.events) DESC LIMIT 1"
-                )
-            ).scalar_one()
-        chosen = [sc for sc in query_bench.scenarios(int(last), str(busiest)) if select(sc.name)]
         return [profile(engine, sc, repeat) for sc in chosen]
     finally:
         engine.dispose()
