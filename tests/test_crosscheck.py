@@ -6,6 +6,7 @@ demo sample adds several sensors, Telnet, IPv6 and every duration form.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,79 @@ def test_every_field_matches_reference_on_sample_with_sensor_filter(
     got = running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest(sensors=["sensor-eu-1"]))
     assert got.total_sessions == reference.session_stats(subset)["total_sessions"]
     assert got.login_attempts == reference.session_stats(subset)["login_attempts"]
+
+
+def _straddling_log(path: Path, t0: int) -> None:
+    """Sessions that use the same values before and after a window's start."""
+    lines: list[dict[str, Any]] = []
+
+    def add(sensor: str, session: str, seconds: float, eventid: str, **fields: Any) -> None:
+        at = _ts(t0 + int(seconds * reference.US)).ToJsonString()
+        lines.append(
+            {"eventid": eventid, "timestamp": at, "session": session, "sensor": sensor} | fields
+        )
+
+    def login(sensor: str, session: str, seconds: float, user: str, password: str) -> None:
+        add(sensor, session, seconds, "cowrie.login.failed", username=user, password=password)
+
+    def command(sensor: str, session: str, seconds: float, text: str) -> None:
+        add(sensor, session, seconds, "cowrie.command.input", input=text)
+
+    def download(sensor: str, session: str, seconds: float, shasum: str) -> None:
+        add(sensor, session, seconds, "cowrie.session.file_download", shasum=shasum, url="")
+
+    add("s1", "a", 0, "cowrie.session.connect", src_ip="10.0.0.1", protocol="ssh")
+    login("s1", "a", 1, "root", "123456")
+    command("s1", "a", 6, "uname -a")
+    download("s1", "a", 7, "f" * 64)
+    command("s1", "a", 30, "uname -a")
+    login("s1", "a", 31, "root", "123456")
+    download("s1", "a", 40, "f" * 64)
+    add("s1", "b", 20, "cowrie.session.connect", src_ip="10.0.0.2", protocol="ssh")
+    login("s1", "b", 25, "root", "admin")
+    command("s1", "b", 26, "uname -a")
+    # A long session on another sensor that straddles every window start below.
+    add("s2", "c", -3_600, "cowrie.session.connect", src_ip="10.0.0.3", protocol="telnet")
+    login("s2", "c", -3_000, "root", "123456")
+    command("s2", "c", -2_000, "uname -a")
+    login("s2", "c", 50, "root", "root")
+    command("s2", "c", 3_500, "uname -a")
+    add("s2", "c", 3_600, "cowrie.session.closed", duration=7_200)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Newest first and in tiny batches: first uses arrive after later uses are stored.
+    path.write_text("".join(json.dumps(line) + "\n" for line in reversed(lines)))
+
+
+def test_sessions_that_used_a_value_before_the_window_count_once(
+    db: Database, tmp_path: Path, start_server: StartServer
+) -> None:
+    t0 = 1_700_000_000 * reference.US
+    log = tmp_path / "straddle" / "cowrie.json"
+    _straddling_log(log, t0)
+    db.ingest([log], batch_lines=2)
+    events = reference.load_events([log])
+    running = start_server(db.settings())
+    second = reference.US
+    for window in [
+        (t0 + 10 * second, None),
+        (t0 + 10 * second, t0 + 35 * second),
+        (t0 + 6 * second, t0 + 7 * second),
+        (t0 + 45 * second, t0 + 3_550 * second),
+        (t0 - 2_500 * second, t0 + 28 * second),
+        (None, t0 + 30 * second),
+    ]:
+        _check_threat_stats(running.stub, events, window)
+    got = running.stub.GetThreatStats(
+        stats_pb2.GetThreatStatsRequest(time_range=_time_range(t0 + 10 * second, None))
+    )
+    # a (again at 31 s) and c (again at 50 s) used root before the window: once each.
+    assert [(v.value, v.count, v.sessions) for v in got.top_usernames] == [("root", 3, 3)]
+    on_s2 = running.stub.GetThreatStats(
+        stats_pb2.GetThreatStatsRequest(
+            time_range=_time_range(t0 + 10 * second, None), sensors=["s2"]
+        )
+    )
+    expected = reference.threat_stats(events, t0 + 10 * second, None, sensors={"s2"})
+    assert _ranked(on_s2.top_usernames) == expected["top_usernames"]
+    assert _ranked(on_s2.top_commands) == expected["top_commands"]
+    assert [(v.value, v.sessions) for v in on_s2.top_usernames] == [("root", 1)]

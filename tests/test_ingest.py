@@ -20,6 +20,7 @@ import pytest
 from conftest import Database, make_database
 from sqlalchemy import Engine, text
 
+from cowrie_stats.db.models import FIRST_USE_FLAGS
 from cowrie_stats.ingest.reader import Ingester, discover
 from cowrie_stats.sample import write_sample
 
@@ -52,7 +53,44 @@ def snapshot(engine: Engine) -> dict[str, Any]:
                 )
             )
         )
-    return {"counts": counts, "sessions": sessions, "rollups": rollups}
+        flags = {
+            f"{table}.{flag}": sorted(
+                bytes(row[0]).hex()
+                for row in conn.execute(text(f"SELECT event_hash FROM {table} WHERE {flag}"))
+            )
+            for table, pairs in FIRST_USE_FLAGS.items()
+            for _, flag in pairs
+        }
+        longest = {
+            str(name): int(span)
+            for name, span in conn.execute(text("SELECT name, max_session_us FROM sensors"))
+        }
+    return {
+        "counts": counts,
+        "sessions": sessions,
+        "rollups": rollups,
+        "first_use_flags": flags,
+        "longest_sessions": longest,
+    }
+
+
+def first_use_flags_by_definition(engine: Engine) -> dict[str, list[str]]:
+    """The rows each flag should mark: per (session, value) the first by (ts_us, event_hash)."""
+    with engine.connect() as conn:
+        return {
+            f"{table}.{flag}": sorted(
+                bytes(row[0]).hex()
+                for row in conn.execute(
+                    text(
+                        f"SELECT event_hash FROM (SELECT event_hash, row_number() OVER"
+                        f" (PARTITION BY session_id, {value} ORDER BY ts_us, event_hash) AS n"
+                        f" FROM {table} WHERE {value} IS NOT NULL) ranked WHERE n = 1"
+                    )
+                )
+            )
+            for table, pairs in FIRST_USE_FLAGS.items()
+            for value, flag in pairs
+        }
 
 
 def dead_letters(engine: Engine) -> list[tuple[Any, ...]]:
@@ -116,6 +154,7 @@ def test_overlapping_rotations_and_any_order_give_the_same_totals(
     part_b.write_bytes(b"".join(lines[third:]))  # overlaps the middle third
     db.ingest([part_b])  # newest first: sessions split across files arrive late
     db.ingest([part_a])
+    assert snapshot(db.engine)["first_use_flags"] == first_use_flags_by_definition(db.engine)
     reference = make_database("sqlite", tmp_path / "ref", request)
     (tmp_path / "ref").mkdir(exist_ok=True)
     reference.ingest([sample])

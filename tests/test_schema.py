@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import Database
 from sqlalchemy import inspect
 
@@ -45,3 +47,17 @@ def test_migrate_with_a_password_full_of_special_characters(pg_cluster: object) 
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_migration_0004_flags_existing_rows_as_the_ingest_does(
+    db: Database, tmp_path: Path
+) -> None:
+    from test_ingest import snapshot
+
+    sample = db.ingest_sample(tmp_path)
+    db.ingest([sample])
+    ingested = snapshot(db.engine)
+    assert any(ingested["first_use_flags"].values())
+    downgrade(db.engine, "0003")
+    upgrade(db.engine)
+    assert snapshot(db.engine) == ingested

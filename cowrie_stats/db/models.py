@@ -17,6 +17,11 @@ Design notes (the "why" behind the columns and indexes):
 * ``sessions`` is the denormalised per-session summary maintained by the
   ingest (start, protocol, duration, per-session counts): session-level
   figures never touch ``events``.
+* ``*_first`` flags on the per-event tables mark, for each (session, value), the
+  session's first row with that value (by timestamp, then hash). Counting the
+  flagged rows of a value counts its distinct sessions in the same scan as the
+  ranking; ``sensors.max_session_us`` bounds the sessions that straddle a
+  window's start, the one case the flags do not cover (see queries.py).
 * ``hourly_rollups`` holds additive per (sensor, hour) counters maintained in
   the ingest transaction; whole hours of a window are answered from it.
 * Indexes: every time-window query filters on a time column, alone or with a
@@ -45,6 +50,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,6 +77,21 @@ class Sensor(Base):
     name: Mapped[str] = mapped_column(Text, unique=True)
     first_ts_us: Mapped[int] = mapped_column(BigInteger)
     last_ts_us: Mapped[int] = mapped_column(BigInteger)
+    # Longest session (end - start) seen on the sensor; only ever grows.
+    max_session_us: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+# Per-event table: (value column, its first-use flag column) pairs.
+FIRST_USE_FLAGS = {
+    "login_attempts": [("username", "username_first"), ("password", "password_first")],
+    "commands": [("input", "input_first")],
+    "downloads": [("shasum", "shasum_first")],
+}
+
+
+def _first_flag() -> Mapped[bool]:
+    """True on the session's first row (by ts_us, then hash) with the column's value."""
+    return mapped_column(Boolean, server_default=false())
 
 
 class Event(Base):
@@ -138,6 +159,8 @@ class LoginAttempt(Base):
     username: Mapped[str | None] = mapped_column(Text)
     password: Mapped[str | None] = mapped_column(Text)
     success: Mapped[bool] = mapped_column(Boolean)
+    username_first: Mapped[bool] = _first_flag()
+    password_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         Index("ix_login_attempts_ts", "ts_us"),
@@ -153,6 +176,7 @@ class Command(Base):
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
     input: Mapped[str] = mapped_column(Text)
+    input_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         Index("ix_commands_ts", "ts_us"),
@@ -170,6 +194,7 @@ class Download(Base):
     shasum: Mapped[str] = mapped_column(Text)
     url: Mapped[str | None] = mapped_column(Text)
     outfile: Mapped[str | None] = mapped_column(Text)
+    shasum_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         Index("ix_downloads_ts", "ts_us"),

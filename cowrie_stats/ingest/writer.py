@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -35,6 +35,7 @@ from cowrie_stats.db.models import (
     DEAD_LETTERS,
     DOWNLOADS,
     EVENTS,
+    FIRST_USE_FLAGS,
     HOURLY_ROLLUPS,
     INGEST_CURSORS,
     LOGIN_ATTEMPTS,
@@ -63,9 +64,16 @@ SESSION_STATE_COLUMNS = [c.name for c in SESSIONS.columns if c.name not in ("sen
 SESSION_COLUMNS = [c.name for c in SESSIONS.columns]
 EVENT_COLUMNS = ["hash", "sensor_id", "session", "eventid", "ts_us", "raw"]
 DETAIL_COLUMNS = ["event_hash", "sensor_id", "session_id", "ts_us"]
-LOGIN_COLUMNS = [*DETAIL_COLUMNS, "username", "password", "success"]
-COMMAND_COLUMNS = [*DETAIL_COLUMNS, "input"]
-DOWNLOAD_COLUMNS = [*DETAIL_COLUMNS, "shasum", "url", "outfile"]
+LOGIN_COLUMNS = [
+    *DETAIL_COLUMNS,
+    "username",
+    "password",
+    "success",
+    "username_first",
+    "password_first",
+]
+COMMAND_COLUMNS = [*DETAIL_COLUMNS, "input", "input_first"]
+DOWNLOAD_COLUMNS = [*DETAIL_COLUMNS, "shasum", "url", "outfile", "shasum_first"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,15 @@ class _Rollup:
         self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
 
 
+class _StoredSession(NamedTuple):
+    """A session as stored before the batch: its rows lie between ``low`` and ``high``."""
+
+    sensor_id: int
+    session_id: int
+    low: int
+    high: int
+
+
 @dataclass
 class _SessionRow:
     """Mutable copy of a ``sessions`` row while a batch is merged into it."""
@@ -110,6 +127,7 @@ class _SessionRow:
     values: dict[str, Any]
     is_new: bool
     old_start_ts_us: int | None = None
+    old_end_ts_us: int | None = None
     touched: set[str] = field(default_factory=set)
 
     def key(self, name: str) -> tuple[int, bytes] | None:
@@ -182,6 +200,7 @@ class BatchWriter:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._sensor_ids: dict[str, int] = {}
+        self._longest_session: dict[int, int] = {}  # sensor id -> a lower bound
 
     def write(
         self,
@@ -238,8 +257,8 @@ class BatchWriter:
         rows = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
         _bulk_insert(self.conn, EVENTS, EVENT_COLUMNS, rows)
         rollups: defaultdict[tuple[int, int], _Rollup] = defaultdict(_Rollup)
-        session_ids = self._merge_sessions(fresh, rollups)
-        self._store_details(fresh, session_ids, rollups)
+        session_ids, continuing = self._merge_sessions(fresh, rollups)
+        self._store_details(fresh, session_ids, continuing, rollups)
         self._add_rollups(rollups)
 
     def _ensure_sensors(self, fresh: list[ParsedEvent]) -> None:
@@ -311,12 +330,13 @@ class BatchWriter:
         for row in found:
             values = dict(row)
             key = (values["sensor_id"], values["session"])
-            rows[key] = _SessionRow(values, False, values["start_ts_us"])
+            rows[key] = _SessionRow(values, False, values["start_ts_us"], values["end_ts_us"])
         return rows
 
     def _merge_sessions(
         self, fresh: list[ParsedEvent], rollups: defaultdict[tuple[int, int], _Rollup]
-    ) -> dict[tuple[int, str], int]:
+    ) -> tuple[dict[tuple[int, str], int], list[_StoredSession]]:
+        """Merge the batch into its sessions; their ids, and the sessions stored before it."""
         keys = {(self._sensor_ids[e.sensor], e.session) for e in fresh}
         rows = self._load_sessions(keys)
         for e in sorted(fresh, key=lambda ev: (ev.ts_us, ev.hash)):
@@ -335,7 +355,39 @@ class BatchWriter:
             elif row.old_start_ts_us // US_PER_HOUR != new_hour:
                 rollups[(sensor_id, row.old_start_ts_us // US_PER_HOUR)].sessions -= 1
                 rollups[(sensor_id, new_hour)].sessions += 1
-        return self._save_sessions(rows)
+        ids = self._save_sessions(rows)
+        self._raise_longest_sessions(rows.values())
+        stored = [
+            _StoredSession(
+                r.values["sensor_id"], r.values["id"], r.old_start_ts_us, r.old_end_ts_us
+            )
+            for r in rows.values()
+            if r.old_start_ts_us is not None and r.old_end_ts_us is not None
+        ]
+        return ids, stored
+
+    def _raise_longest_sessions(self, rows: Iterable[_SessionRow]) -> None:
+        """Keep ``sensors.max_session_us`` at least the longest session of each sensor.
+
+        It only grows, so a value this writer has stored or read is a lower
+        bound: batches whose sessions are all shorter write nothing.
+        """
+        longest: dict[int, int] = {}
+        for row in rows:
+            span = row.values["end_ts_us"] - row.values["start_ts_us"]
+            sensor_id = row.values["sensor_id"]
+            if span > max(longest.get(sensor_id, 0), self._longest_session.get(sensor_id, 0)):
+                longest[sensor_id] = span
+        if not longest:
+            return
+        _, greatest = _least_greatest(self.conn)
+        self.conn.execute(
+            update(SENSORS)
+            .where(SENSORS.c.id == bindparam("sensor_id"))
+            .values(max_session_us=greatest(SENSORS.c.max_session_us, bindparam("span"))),
+            [{"sensor_id": sensor_id, "span": span} for sensor_id, span in sorted(longest.items())],
+        )
+        self._longest_session.update(longest)
 
     def _save_sessions(
         self, rows: dict[tuple[int, str], _SessionRow]
@@ -406,6 +458,7 @@ class BatchWriter:
         self,
         fresh: list[ParsedEvent],
         session_ids: dict[tuple[int, str], int],
+        stored_sessions: list[_StoredSession],
         rollups: defaultdict[tuple[int, int], _Rollup],
     ) -> None:
         logins: list[tuple[Any, ...]] = []
@@ -427,9 +480,120 @@ class BatchWriter:
             elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
                 downloads.append((*common, e.shasum, e.url, e.outfile))
                 bucket.downloads += 1
-        _bulk_insert(self.conn, LOGIN_ATTEMPTS, LOGIN_COLUMNS, logins)
-        _bulk_insert(self.conn, COMMANDS, COMMAND_COLUMNS, commands)
-        _bulk_insert(self.conn, DOWNLOADS, DOWNLOAD_COLUMNS, downloads)
+        for table, columns, rows in (
+            (LOGIN_ATTEMPTS, LOGIN_COLUMNS, logins),
+            (COMMANDS, COMMAND_COLUMNS, commands),
+            (DOWNLOADS, DOWNLOAD_COLUMNS, downloads),
+        ):
+            flagged = self._with_first_use_flags(table, columns, rows, stored_sessions)
+            _bulk_insert(self.conn, table, columns, flagged)
+
+    # -- first-use flags ------------------------------------------------------------
+
+    def _with_first_use_flags(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        stored_sessions: list[_StoredSession],
+    ) -> list[tuple[Any, ...]]:
+        """``rows`` (event_hash, sensor_id, session_id, ts_us, ...) with their flags appended.
+
+        A row is flagged for a value when it is the first row of its session with
+        that value, by (ts_us, event_hash), counting the rows stored before: a
+        stored first row that a new row precedes loses its flag. Order-independent,
+        like the session merge, so any split of the logs into files and batches
+        flags the same rows.
+        """
+        pairs = FIRST_USE_FLAGS[table.name]
+        positions = [columns.index(value) for value, _ in pairs]
+        first: dict[tuple[int, int, Any], tuple[int, bytes]] = {}
+        for row in rows:
+            order = (row[3], row[0])
+            for pair, position in enumerate(positions):
+                if row[position] is None:
+                    continue
+                key = (pair, row[2], row[position])
+                known = first.get(key)
+                if known is None or order < known:
+                    first[key] = order
+        sessions_here = {row[2] for row in rows}
+        earlier = [s for s in stored_sessions if s.session_id in sessions_here]
+        if earlier:
+            self._settle_with_stored_rows(table, pairs, earlier, first)
+        return [
+            (
+                *row,
+                *(
+                    row[position] is not None
+                    and first.get((pair, row[2], row[position])) == (row[3], row[0])
+                    for pair, position in enumerate(positions)
+                ),
+            )
+            for row in rows
+        ]
+
+    def _settle_with_stored_rows(
+        self,
+        table: Table,
+        pairs: Sequence[tuple[str, str]],
+        sessions: list[_StoredSession],
+        first: dict[tuple[int, int, Any], tuple[int, bytes]],
+    ) -> None:
+        """Compare the batch's first rows with those already stored for the same sessions.
+
+        Where a stored row comes first, the batch has no first row for that key;
+        where the batch's comes first, the stored row is unflagged.
+        """
+        unflag: list[list[bytes]] = [[] for _ in pairs]
+        for session_id, ts_us, event_hash, *values in self._stored_first_rows(
+            table, pairs, sessions
+        ):
+            for pair, (value, flagged) in enumerate(zip(values[::2], values[1::2], strict=True)):
+                key = (pair, session_id, value)
+                if not flagged or key not in first:
+                    continue
+                if first[key] < (ts_us, event_hash):
+                    unflag[pair].append(event_hash)
+                else:
+                    del first[key]
+        for (_, flag), hashes in zip(pairs, unflag, strict=True):
+            for chunk in _chunks(hashes):
+                self.conn.execute(
+                    update(table).where(table.c.event_hash.in_(chunk)).values({flag: False})
+                )
+
+    def _stored_first_rows(
+        self, table: Table, pairs: Sequence[tuple[str, str]], sessions: list[_StoredSession]
+    ) -> Iterable[Sequence[Any]]:
+        """(session_id, ts_us, event_hash, value, flag, ...) of the sessions' flagged rows.
+
+        A stored session's rows lie between its stored start and end on its
+        sensor, so each is a short range of the (sensor_id, ts_us) index.
+        """
+        selected = ", ".join(f"t.{value}, t.{flag}" for value, flag in pairs)
+        any_flag = " OR ".join(f"t.{flag}" for _, flag in pairs)
+        if self.conn.dialect.name == "postgresql":
+            cursor = _dbapi_cursor(self.conn)
+            cursor.execute(
+                f"SELECT t.session_id, t.ts_us, t.event_hash, {selected}"
+                " FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::bigint[])"
+                " AS k(sensor_id, session_id, low, high)"
+                f" CROSS JOIN LATERAL (SELECT * FROM {table.name} t"
+                "  WHERE t.sensor_id = k.sensor_id AND t.ts_us BETWEEN k.low AND k.high"
+                f"  AND t.session_id = k.session_id AND ({any_flag})) t",
+                [list(column) for column in zip(*sessions, strict=True)],
+            )
+            found: list[Sequence[Any]] = cursor.fetchall()
+            return found
+        query = text(
+            f"SELECT t.session_id, t.ts_us, t.event_hash, {selected} FROM {table.name} t"
+            " WHERE t.sensor_id = :sensor_id AND t.ts_us BETWEEN :low AND :high"
+            f" AND t.session_id = :session_id AND ({any_flag})"
+        )
+        return [
+            row for session in sessions for row in self.conn.execute(query, session._asdict()).all()
+        ]
 
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
