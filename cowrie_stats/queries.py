@@ -18,7 +18,6 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Connection,
     Select,
@@ -34,6 +33,8 @@ from sqlalchemy import (
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.db.models import (
     COMMANDS,
+    DAILY_KINDS,
+    DAILY_VALUES,
     DATA_VERSION,
     DOWNLOADS,
     EVENTS,
@@ -42,6 +43,7 @@ from cowrie_stats.db.models import (
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
+    US_PER_DAY,
     Base,
 )
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, NotFoundError
@@ -189,23 +191,25 @@ COMMAND_COUNT = _Figure("commands", COMMANDS, "ts_us")
 DOWNLOAD_COUNT = _Figure("downloads", DOWNLOADS, "ts_us")
 
 
-def _hour_split(window: Window) -> tuple[int | None, int | None]:
-    """First and last whole hour boundaries inside the window (None = unbounded)."""
-    first = None if window.start_us is None else -(-window.start_us // US_PER_HOUR)
-    last = None if window.end_us is None else window.end_us // US_PER_HOUR
+def _whole_units(window: Window, width: int) -> tuple[int | None, int | None]:
+    """First and last whole ``width`` boundaries inside the window (None = unbounded)."""
+    first = None if window.start_us is None else -(-window.start_us // width)
+    last = None if window.end_us is None else window.end_us // width
     return first, last
 
 
-def _rollup_parts(window: Window) -> tuple[tuple[int | None, int | None] | None, list[Window]]:
-    """The whole-hour range answered by rollups, and the partial edges left to raw rows."""
-    first, last = _hour_split(window)
+def _rollup_parts(
+    window: Window, width: int = US_PER_HOUR
+) -> tuple[tuple[int | None, int | None] | None, list[Window]]:
+    """The whole-unit range (hours, days) answered by rollups; the partial edges for raw rows."""
+    first, last = _whole_units(window, width)
     if first is not None and last is not None and first >= last:
-        return None, [window]  # inside one hour: raw rows answer it all
+        return None, [window]  # inside one unit: raw rows answer it all
     edges = []
-    if first is not None and window.start_us is not None and window.start_us < first * US_PER_HOUR:
-        edges.append(Window(window.start_us, first * US_PER_HOUR))
-    if last is not None and window.end_us is not None and last * US_PER_HOUR < window.end_us:
-        edges.append(Window(last * US_PER_HOUR, window.end_us))
+    if first is not None and window.start_us is not None and window.start_us < first * width:
+        edges.append(Window(window.start_us, first * width))
+    if last is not None and window.end_us is not None and last * width < window.end_us:
+        edges.append(Window(last * width, window.end_us))
     return (first, last), edges
 
 
@@ -396,53 +400,125 @@ def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.Sess
 # -- GetThreatStats -----------------------------------------------------------------
 
 
-def _top_values(
-    conn: Connection,
-    value: Column[Any],
-    where: ColumnElement[bool],
-    top_n: int,
-    *also: ColumnElement[Any],
-) -> tuple[list[tuple[Any, ...]], int]:
-    """The top ``top_n`` rows (value, count, *also) and how many distinct values there are.
+@dataclass(frozen=True)
+class _Ranked:
+    """One of the rankings kept in ``daily_values``, and the raw rows behind it."""
 
-    ``also`` are further aggregates per value. ``count(*) OVER ()`` runs after
-    GROUP BY and before LIMIT: it counts the groups, which is the distinct count
-    the response also needs, from the same scan.
+    kind: str  # a DAILY_KINDS name
+    table: Table
+    value: str
+    value2: str | None = None  # the password of a credential
+    flag: str | None = None  # first-use flag column: sessions per value
+    success: str | None = None  # counts successes (credentials)
+
+
+USERNAMES = _Ranked("username", LOGIN_ATTEMPTS, "username", flag="username_first")
+PASSWORDS = _Ranked("password", LOGIN_ATTEMPTS, "password", flag="password_first")
+INPUTS = _Ranked("input", COMMANDS, "input", flag="input_first")
+SHASUMS = _Ranked("shasum", DOWNLOADS, "shasum", flag="shasum_first")
+CREDENTIALS = _Ranked("credential", LOGIN_ATTEMPTS, "username", "password", success="success")
+
+
+def _uses(scope: _Scope, ranked: _Ranked) -> Any:
+    """Rows (value, value2, uses, successes, first_uses, first_ts_us, last_ts_us) of a window.
+
+    The window's whole UTC days come from ``daily_values`` (a row per value-day),
+    its partial days from the raw rows (a row per use).
     """
-    count = func.count()
+    days, edges = _rollup_parts(scope.window, US_PER_DAY)
+    parts: list[Select[Any]] = []
+    if days is not None:
+        dv = DAILY_VALUES.c
+        conditions = [dv.kind == DAILY_KINDS[ranked.kind]]
+        if days[0] is not None:
+            conditions.append(dv.day >= days[0])
+        if days[1] is not None:
+            conditions.append(dv.day < days[1])
+        if scope.sensor_ids is not None:
+            conditions.append(dv.sensor_id.in_(scope.sensor_ids))
+        parts.append(
+            select(
+                dv.value,
+                dv.value2,
+                dv.uses,
+                dv.successes,
+                dv.first_uses,
+                dv.first_ts_us,
+                dv.last_ts_us,
+            ).where(*conditions)
+        )
+    t = ranked.table.c
+    value2 = literal("") if ranked.value2 is None else t[ranked.value2]
+    for edge in edges:
+        parts.append(
+            select(
+                t[ranked.value].label("value"),
+                value2.label("value2"),
+                literal(1).label("uses"),
+                _one_if(ranked.success, t).label("successes"),
+                _one_if(ranked.flag, t).label("first_uses"),
+                t.ts_us.label("first_ts_us"),
+                t.ts_us.label("last_ts_us"),
+            ).where(
+                _Scope(edge, scope.sensor_ids).where(t.ts_us, t.sensor_id),
+                t[ranked.value].is_not(None),
+                value2.is_not(None),
+            )
+        )
+    return union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+
+
+def _one_if(column: str | None, columns: Any) -> ColumnElement[Any]:
+    if column is None:
+        return literal(0)
+    return case((columns[column], 1), else_=0)
+
+
+def _top(
+    conn: Connection, scope: _Scope, ranked: _Ranked, top_n: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """The top ``top_n`` (value, [value2,] uses, successes, first uses, first, last) and
+    the number of distinct values.
+
+    ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the
+    groups, the distinct count the response also needs, from the same scan.
+    """
+    u = _uses(scope, ranked).c
+    keys = [u.value] if ranked.value2 is None else [u.value, u.value2]
+    uses = func.sum(u.uses)
     query: Select[Any] = (
-        select(value, count, *also, func.count().over())
-        .where(where, value.is_not(None))
-        .group_by(value)
-        .order_by(count.desc(), _bytewise(value, conn).asc())
+        select(
+            *keys,
+            uses,
+            func.sum(u.successes),
+            func.sum(u.first_uses),
+            func.min(u.first_ts_us),
+            func.max(u.last_ts_us),
+            func.count().over(),
+        )
+        .group_by(*keys)
+        .order_by(uses.desc(), *(_bytewise(key, conn).asc() for key in keys))
         .limit(top_n)
     )
     rows = conn.execute(query).all()
-    return [tuple(row[:-1]) for row in rows], int(rows[0][-1]) if rows else 0
+    width = len(keys)
+    top = [
+        (*row[:width], *(int(n) for n in row[width : width + 3]), row[-3], row[-2]) for row in rows
+    ]
+    return top, int(rows[0][-1]) if rows else 0
 
 
 def _ranked_events(
-    conn: Connection,
-    scope: _Scope,
-    table: Table,
-    value: Column[Any],
-    top_n: int,
-    earlier: Counter[Any],
+    conn: Connection, scope: _Scope, ranked: _Ranked, top_n: int, earlier: Counter[Any]
 ) -> tuple[list[stats_pb2.RankedValue], int]:
-    """Rank an event table's values with first/last seen and distinct sessions, in one scan.
+    """Rank values with first/last seen and distinct sessions, in one pass.
 
-    A value's sessions are its rows flagged as their session's first use of it
-    (``<value>_first``), plus the sessions that used it before the window and
-    again inside it (``earlier``, :func:`_sessions_from_before`). Counting distinct session
-    ids instead took a second scan and a sort of every row of the winners.
+    A value's sessions are its rows flagged as their session's first use of it,
+    plus the sessions that used it before the window and again inside it
+    (``earlier``, :func:`_sessions_from_before`).
     """
-    ts = table.c.ts_us
-    first_uses = func.count().filter(table.c[f"{value.name}_first"])
-    where = scope.where(ts, table.c.sensor_id)
-    top, distinct = _top_values(conn, value, where, top_n, func.min(ts), func.max(ts), first_uses)
-    if not top:
-        return [], 0
-    ranked = [
+    top, distinct = _top(conn, scope, ranked, top_n)
+    ranked_values = [
         stats_pb2.RankedValue(
             value=v,
             count=n,
@@ -450,9 +526,9 @@ def _ranked_events(
             first_seen=_timestamp(first),
             last_seen=_timestamp(last),
         )
-        for v, n, first, last, firsts in top
+        for v, n, _, firsts, first, last in top
     ]
-    return ranked, distinct
+    return ranked_values, distinct
 
 
 @dataclass(frozen=True)
@@ -559,26 +635,21 @@ def threat_stats(
     conn: Connection, filters: Filters, top_n: int
 ) -> stats_pb2.GetThreatStatsResponse:
     scope = _scope(conn, filters)
-    s, la, c = SESSIONS.c, LOGIN_ATTEMPTS.c, COMMANDS.c
-    in_sessions = scope.where(s.start_ts_us, s.sensor_id)
-    in_logins = scope.where(la.ts_us, la.sensor_id)
-
-    source_ips, unique_ips = _ranked_source_ips(conn, in_sessions, top_n)
+    s = SESSIONS.c
+    source_ips, unique_ips = _ranked_source_ips(
+        conn, scope.where(s.start_ts_us, s.sensor_id), top_n
+    )
     earlier = _sessions_from_before(conn, scope)
-    usernames, unique_usernames = _ranked_events(
-        conn, scope, LOGIN_ATTEMPTS, la.username, top_n, earlier["username"]
-    )
-    passwords, unique_passwords = _ranked_events(
-        conn, scope, LOGIN_ATTEMPTS, la.password, top_n, earlier["password"]
-    )
-    commands, _ = _ranked_events(conn, scope, COMMANDS, c.input, top_n, earlier["input"])
+    usernames, unique_usernames = _ranked_events(conn, scope, USERNAMES, top_n, earlier["username"])
+    passwords, unique_passwords = _ranked_events(conn, scope, PASSWORDS, top_n, earlier["password"])
+    commands, _ = _ranked_events(conn, scope, INPUTS, top_n, earlier["input"])
     downloads, unique_hashes = _downloads(conn, scope, top_n, earlier["shasum"])
     return stats_pb2.GetThreatStatsResponse(
         top_source_ips=source_ips,
         top_usernames=usernames,
         top_passwords=passwords,
         top_commands=commands,
-        top_credentials=_credentials(conn, in_logins, top_n),
+        top_credentials=_credentials(conn, scope, top_n),
         top_downloads=downloads,
         unique_source_ips=unique_ips,
         unique_usernames=unique_usernames,
@@ -587,25 +658,11 @@ def threat_stats(
     )
 
 
-def _credentials(
-    conn: Connection, where: ColumnElement[bool], top_n: int
-) -> list[stats_pb2.Credential]:
-    la = LOGIN_ATTEMPTS.c
-    attempts = func.count()
-    query = (
-        select(la.username, la.password, attempts, func.sum(case((la.success, 1), else_=0)))
-        .where(where, la.username.is_not(None), la.password.is_not(None))
-        .group_by(la.username, la.password)
-        .order_by(
-            attempts.desc(),
-            _bytewise(la.username, conn).asc(),
-            _bytewise(la.password, conn).asc(),
-        )
-        .limit(top_n)
-    )
+def _credentials(conn: Connection, scope: _Scope, top_n: int) -> list[stats_pb2.Credential]:
+    top, _ = _top(conn, scope, CREDENTIALS, top_n)
     return [
-        stats_pb2.Credential(username=u, password=p, attempts=n, successes=int(ok or 0))
-        for u, p, n, ok in conn.execute(query)
+        stats_pb2.Credential(username=u, password=p, attempts=n, successes=ok)
+        for u, p, n, ok, *_ in top
     ]
 
 
@@ -615,7 +672,7 @@ def _downloads(
     """Top downloads by shasum, and the number of distinct shasums."""
     d = DOWNLOADS.c
     where = scope.where(d.ts_us, d.sensor_id)
-    top, distinct = _top_values(conn, d.shasum, where, top_n, func.count().filter(d.shasum_first))
+    top, distinct = _top(conn, scope, SHASUMS, top_n)
     if not top:
         return [], 0
     urls: dict[str, tuple[int, str]] = {}
@@ -632,7 +689,7 @@ def _downloads(
             count=n,
             sessions=firsts + earlier[sha],
         )
-        for sha, n, firsts in top
+        for sha, n, _, firsts, *_ in top
     ]
     return downloads, distinct
 

@@ -65,13 +65,62 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             str(name): int(span)
             for name, span in conn.execute(text("SELECT name, max_session_us FROM sensors"))
         }
+        daily = sorted(
+            tuple(row)
+            for row in conn.execute(
+                text(
+                    "SELECT d.kind, d.day, s.name, d.value, d.value2, d.uses, d.successes,"
+                    " d.first_uses, d.first_ts_us, d.last_ts_us FROM daily_values d"
+                    " JOIN sensors s ON s.id = d.sensor_id"
+                )
+            )
+        )
     return {
         "counts": counts,
         "sessions": sessions,
         "rollups": rollups,
         "first_use_flags": flags,
         "longest_sessions": longest,
+        "daily_values": daily,
     }
+
+
+def daily_values_by_definition(engine: Engine) -> list[tuple[Any, ...]]:
+    """What daily_values should hold, aggregated here in Python from the raw rows."""
+    figures: dict[tuple[Any, ...], list[int]] = {}
+
+    def add(key: tuple[Any, ...], ts_us: int, success: int, first: int) -> None:
+        row = figures.setdefault(key, [0, 0, 0, ts_us, ts_us])
+        row[0] += 1
+        row[1] += success
+        row[2] += first
+        row[3], row[4] = min(row[3], ts_us), max(row[4], ts_us)
+
+    day = 86_400_000_000
+    with engine.connect() as conn:
+        logins = conn.execute(
+            text(
+                "SELECT s.name, t.ts_us, t.username, t.password, t.success, t.username_first,"
+                " t.password_first FROM login_attempts t JOIN sensors s ON s.id = t.sensor_id"
+            )
+        )
+        for sensor, ts_us, user, password, success, user_first, password_first in logins:
+            if user is not None:
+                add((1, ts_us // day, sensor, user, ""), ts_us, 0, int(user_first))
+            if password is not None:
+                add((2, ts_us // day, sensor, password, ""), ts_us, 0, int(password_first))
+            if user is not None and password is not None:
+                add((5, ts_us // day, sensor, user, password), ts_us, int(success), 0)
+        for kind, table, column in ((3, "commands", "input"), (4, "downloads", "shasum")):
+            rows = conn.execute(
+                text(
+                    f"SELECT s.name, t.ts_us, t.{column}, t.{column}_first FROM {table} t"
+                    " JOIN sensors s ON s.id = t.sensor_id"
+                )
+            )
+            for sensor, ts_us, value, first in rows:
+                add((kind, ts_us // day, sensor, value, ""), ts_us, 0, int(first))
+    return sorted((*key, *values) for key, values in figures.items())
 
 
 def first_use_flags_by_definition(engine: Engine) -> dict[str, list[str]]:
@@ -154,7 +203,9 @@ def test_overlapping_rotations_and_any_order_give_the_same_totals(
     part_b.write_bytes(b"".join(lines[third:]))  # overlaps the middle third
     db.ingest([part_b])  # newest first: sessions split across files arrive late
     db.ingest([part_a])
-    assert snapshot(db.engine)["first_use_flags"] == first_use_flags_by_definition(db.engine)
+    stored = snapshot(db.engine)
+    assert stored["first_use_flags"] == first_use_flags_by_definition(db.engine)
+    assert stored["daily_values"] == daily_values_by_definition(db.engine)
     reference = make_database("sqlite", tmp_path / "ref", request)
     (tmp_path / "ref").mkdir(exist_ok=True)
     reference.ingest([sample])

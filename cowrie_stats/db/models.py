@@ -47,6 +47,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -223,6 +224,36 @@ class HourlyRollup(Base):
     __table_args__ = (Index("ix_hourly_rollups_hour", "hour"),)
 
 
+class DailyValue(Base):
+    """Per (kind, UTC day, sensor, value): how a ranked value was used that day.
+
+    Maintained by the ingest in the batch's transaction. Uses, successes and
+    first uses add up over days and first/last take the minimum/maximum, so a
+    ranking over a window's whole days reads one row per value-day instead of
+    one per event; the partial days at the window's edges come from the raw
+    rows. ``kind`` is one of :data:`DAILY_KINDS`; ``value2`` is the password
+    of a credential and empty otherwise.
+    """
+
+    __tablename__ = "daily_values"
+
+    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # ts_us // 86400e6
+    sensor_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    value2: Mapped[str] = mapped_column(Text, primary_key=True)
+    uses: Mapped[int] = mapped_column(BigInteger)
+    successes: Mapped[int] = mapped_column(BigInteger)  # successful logins (credentials)
+    first_uses: Mapped[int] = mapped_column(BigInteger)  # rows with the first-use flag
+    first_ts_us: Mapped[int] = mapped_column(BigInteger)
+    last_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+
+# daily_values.kind of each ranked value
+DAILY_KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4, "credential": 5}
+US_PER_DAY = 86_400_000_000
+
+
 class DataVersion(Base):
     """One row counting the ingest batches that stored something.
 
@@ -284,6 +315,7 @@ LOGIN_ATTEMPTS = Base.metadata.tables["login_attempts"]
 COMMANDS = Base.metadata.tables["commands"]
 DOWNLOADS = Base.metadata.tables["downloads"]
 HOURLY_ROLLUPS = Base.metadata.tables["hourly_rollups"]
+DAILY_VALUES = Base.metadata.tables["daily_values"]
 DEAD_LETTERS = Base.metadata.tables["dead_letters"]
 INGEST_CURSORS = Base.metadata.tables["ingest_cursors"]
 DATA_VERSION = Base.metadata.tables["data_version"]

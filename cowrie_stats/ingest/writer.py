@@ -31,6 +31,8 @@ from sqlalchemy.sql.dml import Insert
 
 from cowrie_stats.db.models import (
     COMMANDS,
+    DAILY_KINDS,
+    DAILY_VALUES,
     DATA_VERSION,
     DEAD_LETTERS,
     DOWNLOADS,
@@ -41,6 +43,7 @@ from cowrie_stats.db.models import (
     LOGIN_ATTEMPTS,
     SENSORS,
     SESSIONS,
+    US_PER_DAY,
 )
 from cowrie_stats.ingest.batch import DeadLetterRecord
 from cowrie_stats.ingest.parse import (
@@ -109,6 +112,93 @@ class _Rollup:
         self.events += 1
         self.first_ts_us = ts_us if self.first_ts_us is None else min(self.first_ts_us, ts_us)
         self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
+
+
+# Per table: (kind name, value column, value2 column or None, first-use flag or None).
+DAILY_SOURCES: dict[str, list[tuple[str, str, str | None, str | None]]] = {
+    "login_attempts": [
+        ("username", "username", None, "username_first"),
+        ("password", "password", None, "password_first"),
+        ("credential", "username", "password", None),
+    ],
+    "commands": [("input", "input", None, "input_first")],
+    "downloads": [("shasum", "shasum", None, "shasum_first")],
+}
+DAILY_VALUE_COLUMNS = [
+    "kind",
+    "day",
+    "sensor_id",
+    "value",
+    "value2",
+    "uses",
+    "successes",
+    "first_uses",
+    "first_ts_us",
+    "last_ts_us",
+]
+
+
+class _DailyValues:
+    """A batch's additions to ``daily_values``: (kind, day, sensor, value, value2) -> figures.
+
+    The figures are [uses, successes, first_uses, first_ts_us, last_ts_us]; they
+    add up (or take min/max) with what is stored, like the hourly rollups.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, int, int, str, str], list[int]] = {}
+
+    def _add(
+        self, key: tuple[int, int, int, str, str], ts_us: int, success: int, first: int
+    ) -> None:
+        figures = self.rows.get(key)
+        if figures is None:
+            self.rows[key] = [1, success, first, ts_us, ts_us]
+            return
+        figures[0] += 1
+        figures[1] += success
+        figures[2] += first
+        if ts_us < figures[3]:
+            figures[3] = ts_us
+        elif ts_us > figures[4]:
+            figures[4] = ts_us
+
+    def add_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        """Count the flagged rows of ``table`` (tuples in ``columns`` order)."""
+        success_at = columns.index("success") if "success" in columns else None
+        sources = [
+            (
+                DAILY_KINDS[kind],
+                columns.index(value),
+                None if value2 is None else columns.index(value2),
+                None if flag is None else columns.index(flag),
+            )
+            for kind, value, value2, flag in DAILY_SOURCES[table]
+        ]
+        for row in rows:
+            ts_us = row[3]
+            day = ts_us // US_PER_DAY
+            success = 1 if success_at is not None and row[success_at] else 0
+            for kind, value_at, value2_at, flag_at in sources:
+                value = row[value_at]
+                value2 = "" if value2_at is None else row[value2_at]
+                if value is None or value2 is None:
+                    continue
+                first = 1 if flag_at is not None and row[flag_at] else 0
+                credential = value2_at is not None
+                self._add(
+                    (kind, day, row[1], value, value2), ts_us, success if credential else 0, first
+                )
+
+    def unflag(self, value_column: str, sensor_id: int, value: str, ts_us: int) -> None:
+        """A stored row at ``ts_us`` lost its first-use flag for ``value``."""
+        key = (DAILY_KINDS[value_column], ts_us // US_PER_DAY, sensor_id, value, "")
+        figures = self.rows.get(key)
+        if figures is None:
+            # Nothing new that day: the times are the stored row's, inside the stored range.
+            self.rows[key] = [0, 0, -1, ts_us, ts_us]
+        else:
+            figures[2] -= 1
 
 
 class _StoredSession(NamedTuple):
@@ -480,13 +570,16 @@ class BatchWriter:
             elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
                 downloads.append((*common, e.shasum, e.url, e.outfile))
                 bucket.downloads += 1
+        daily = _DailyValues()
         for table, columns, rows in (
             (LOGIN_ATTEMPTS, LOGIN_COLUMNS, logins),
             (COMMANDS, COMMAND_COLUMNS, commands),
             (DOWNLOADS, DOWNLOAD_COLUMNS, downloads),
         ):
-            flagged = self._with_first_use_flags(table, columns, rows, stored_sessions)
+            flagged = self._with_first_use_flags(table, columns, rows, stored_sessions, daily)
             _bulk_insert(self.conn, table, columns, flagged)
+            daily.add_rows(table.name, columns, flagged)
+        self._add_daily_values(daily)
 
     # -- first-use flags ------------------------------------------------------------
 
@@ -496,6 +589,7 @@ class BatchWriter:
         columns: Sequence[str],
         rows: list[tuple[Any, ...]],
         stored_sessions: list[_StoredSession],
+        daily: _DailyValues,
     ) -> list[tuple[Any, ...]]:
         """``rows`` (event_hash, sensor_id, session_id, ts_us, ...) with their flags appended.
 
@@ -520,7 +614,7 @@ class BatchWriter:
         sessions_here = {row[2] for row in rows}
         earlier = [s for s in stored_sessions if s.session_id in sessions_here]
         if earlier:
-            self._settle_with_stored_rows(table, pairs, earlier, first)
+            self._settle_with_stored_rows(table, pairs, earlier, first, daily)
         return [
             (
                 *row,
@@ -539,6 +633,7 @@ class BatchWriter:
         pairs: Sequence[tuple[str, str]],
         sessions: list[_StoredSession],
         first: dict[tuple[int, int, Any], tuple[int, bytes]],
+        daily: _DailyValues,
     ) -> None:
         """Compare the batch's first rows with those already stored for the same sessions.
 
@@ -546,6 +641,7 @@ class BatchWriter:
         where the batch's comes first, the stored row is unflagged.
         """
         unflag: list[list[bytes]] = [[] for _ in pairs]
+        sensor_of = {session.session_id: session.sensor_id for session in sessions}
         for session_id, ts_us, event_hash, *values in self._stored_first_rows(
             table, pairs, sessions
         ):
@@ -555,6 +651,7 @@ class BatchWriter:
                     continue
                 if first[key] < (ts_us, event_hash):
                     unflag[pair].append(event_hash)
+                    daily.unflag(pairs[pair][0], sensor_of[session_id], value, ts_us)
                 else:
                     del first[key]
         for (_, flag), hashes in zip(pairs, unflag, strict=True):
@@ -613,6 +710,42 @@ class BatchWriter:
             for (sensor_id, hour), counts in sorted(rollups.items())
         ]
         self.conn.execute(stmt, rows)
+
+    def _add_daily_values(self, daily: _DailyValues) -> None:
+        if not daily.rows:
+            return
+        rows = [(*key, *values) for key, values in daily.rows.items()]
+        columns = DAILY_VALUE_COLUMNS
+        if self.conn.dialect.name == "postgresql":
+            # COPY and one set-based upsert: a batch adds thousands of value-days,
+            # too many for a statement per row.
+            self.conn.execute(
+                text(
+                    "CREATE TEMP TABLE daily_batch ON COMMIT DROP AS"
+                    " SELECT * FROM daily_values WITH NO DATA"
+                )
+            )
+            _copy_rows(self.conn, "daily_batch", columns, sorted(rows))
+            self.conn.execute(
+                text(
+                    f"INSERT INTO daily_values ({', '.join(columns)})"
+                    f" SELECT {', '.join(columns)} FROM daily_batch"
+                    " ON CONFLICT (kind, day, sensor_id, value, value2) DO UPDATE SET"
+                    " uses = daily_values.uses + excluded.uses,"
+                    " successes = daily_values.successes + excluded.successes,"
+                    " first_uses = daily_values.first_uses + excluded.first_uses,"
+                    " first_ts_us = least(daily_values.first_ts_us, excluded.first_ts_us),"
+                    " last_ts_us = greatest(daily_values.last_ts_us, excluded.last_ts_us)"
+                )
+            )
+            return
+        stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
+        table = DAILY_VALUES
+        updates = {c: table.c[c] + stmt.excluded[c] for c in ("uses", "successes", "first_uses")}
+        updates["first_ts_us"] = func.min(table.c.first_ts_us, stmt.excluded.first_ts_us)
+        updates["last_ts_us"] = func.max(table.c.last_ts_us, stmt.excluded.last_ts_us)
+        stmt = stmt.on_conflict_do_update(index_elements=columns[:5], set_=updates)
+        self.conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in sorted(rows)])
 
     # -- dead letters and cursors -------------------------------------------------
 
