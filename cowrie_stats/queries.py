@@ -4,8 +4,12 @@ Counting rules: ``shared/COUNTING.md`` (mirrored in docs/api.md). Session-level
 figures select sessions by start; event-level figures select events by their
 timestamp. Additive counters come from ``hourly_rollups`` for the whole hours
 of a window and from the narrow per-event tables for the partial hours at its
-edges, so a year costs about what an hour costs; distinct counts and rankings
-scan the narrow tables through their (sensor, time) indexes.
+edges, so a year costs about what an hour costs. The rankings of usernames,
+passwords, commands and downloads (and their distinct counts) read the whole days
+of a window from ``daily_values`` and the partial days from the raw rows; their
+distinct sessions come from first-use flags in the same pass. Source IPs,
+credentials and the session-level distinct counts scan the narrow tables through
+their (sensor, time) indexes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Connection,
     Select,
@@ -400,27 +405,8 @@ def _buckets(conn: Connection, scope: _Scope, width: int) -> list[stats_pb2.Sess
 # -- GetThreatStats -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Ranked:
-    """One of the rankings kept in ``daily_values``, and the raw rows behind it."""
-
-    kind: str  # a DAILY_KINDS name
-    table: Table
-    value: str
-    value2: str | None = None  # the password of a credential
-    flag: str | None = None  # first-use flag column: sessions per value
-    success: str | None = None  # counts successes (credentials)
-
-
-USERNAMES = _Ranked("username", LOGIN_ATTEMPTS, "username", flag="username_first")
-PASSWORDS = _Ranked("password", LOGIN_ATTEMPTS, "password", flag="password_first")
-INPUTS = _Ranked("input", COMMANDS, "input", flag="input_first")
-SHASUMS = _Ranked("shasum", DOWNLOADS, "shasum", flag="shasum_first")
-CREDENTIALS = _Ranked("credential", LOGIN_ATTEMPTS, "username", "password", success="success")
-
-
-def _uses(scope: _Scope, ranked: _Ranked) -> Any:
-    """Rows (value, value2, uses, successes, first_uses, first_ts_us, last_ts_us) of a window.
+def _uses(scope: _Scope, table: Table, value: Column[Any]) -> Any:
+    """Rows (value, uses, first_uses, first_ts_us, last_ts_us) covering the window.
 
     The window's whole UTC days come from ``daily_values`` (a row per value-day),
     its partial days from the raw rows (a row per use).
@@ -429,7 +415,7 @@ def _uses(scope: _Scope, ranked: _Ranked) -> Any:
     parts: list[Select[Any]] = []
     if days is not None:
         dv = DAILY_VALUES.c
-        conditions = [dv.kind == DAILY_KINDS[ranked.kind]]
+        conditions = [dv.kind == DAILY_KINDS[value.name]]
         if days[0] is not None:
             conditions.append(dv.day >= days[0])
         if days[1] is not None:
@@ -437,79 +423,59 @@ def _uses(scope: _Scope, ranked: _Ranked) -> Any:
         if scope.sensor_ids is not None:
             conditions.append(dv.sensor_id.in_(scope.sensor_ids))
         parts.append(
-            select(
-                dv.value,
-                dv.value2,
-                dv.uses,
-                dv.successes,
-                dv.first_uses,
-                dv.first_ts_us,
-                dv.last_ts_us,
-            ).where(*conditions)
+            select(dv.value, dv.uses, dv.first_uses, dv.first_ts_us, dv.last_ts_us).where(
+                *conditions
+            )
         )
-    t = ranked.table.c
-    value2 = literal("") if ranked.value2 is None else t[ranked.value2]
+    t = table.c
     for edge in edges:
         parts.append(
             select(
-                t[ranked.value].label("value"),
-                value2.label("value2"),
+                value.label("value"),
                 literal(1).label("uses"),
-                _one_if(ranked.success, t).label("successes"),
-                _one_if(ranked.flag, t).label("first_uses"),
+                case((t[f"{value.name}_first"], 1), else_=0).label("first_uses"),
                 t.ts_us.label("first_ts_us"),
                 t.ts_us.label("last_ts_us"),
-            ).where(
-                _Scope(edge, scope.sensor_ids).where(t.ts_us, t.sensor_id),
-                t[ranked.value].is_not(None),
-                value2.is_not(None),
-            )
+            ).where(_Scope(edge, scope.sensor_ids).where(t.ts_us, t.sensor_id), value.is_not(None))
         )
     return union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
 
 
-def _one_if(column: str | None, columns: Any) -> ColumnElement[Any]:
-    if column is None:
-        return literal(0)
-    return case((columns[column], 1), else_=0)
-
-
-def _top(
-    conn: Connection, scope: _Scope, ranked: _Ranked, top_n: int
+def _top_values(
+    conn: Connection, scope: _Scope, table: Table, value: Column[Any], top_n: int
 ) -> tuple[list[tuple[Any, ...]], int]:
-    """The top ``top_n`` (value, [value2,] uses, successes, first uses, first, last) and
-    the number of distinct values.
+    """The top ``top_n`` (value, uses, first uses, first, last) and how many values there are.
 
     ``count(*) OVER ()`` runs after GROUP BY and before LIMIT: it counts the
     groups, the distinct count the response also needs, from the same scan.
     """
-    u = _uses(scope, ranked).c
-    keys = [u.value] if ranked.value2 is None else [u.value, u.value2]
+    u = _uses(scope, table, value).c
     uses = func.sum(u.uses)
     query: Select[Any] = (
         select(
-            *keys,
+            u.value,
             uses,
-            func.sum(u.successes),
             func.sum(u.first_uses),
             func.min(u.first_ts_us),
             func.max(u.last_ts_us),
             func.count().over(),
         )
-        .group_by(*keys)
-        .order_by(uses.desc(), *(_bytewise(key, conn).asc() for key in keys))
+        .group_by(u.value)
+        .order_by(uses.desc(), _bytewise(u.value, conn).asc())
         .limit(top_n)
     )
     rows = conn.execute(query).all()
-    width = len(keys)
-    top = [
-        (*row[:width], *(int(n) for n in row[width : width + 3]), row[-3], row[-2]) for row in rows
-    ]
+    top = [(v, int(n), int(firsts), first, last) for v, n, firsts, first, last, _ in rows]
     return top, int(rows[0][-1]) if rows else 0
 
 
 def _ranked_events(
-    conn: Connection, scope: _Scope, ranked: _Ranked, top_n: int, earlier: Counter[Any]
+    conn: Connection,
+    scope: _Scope,
+    table: Table,
+    value: Column[Any],
+    top_n: int,
+    earlier: Counter[Any],
 ) -> tuple[list[stats_pb2.RankedValue], int]:
     """Rank values with first/last seen and distinct sessions, in one pass.
 
@@ -517,8 +483,8 @@ def _ranked_events(
     plus the sessions that used it before the window and again inside it
     (``earlier``, :func:`_sessions_from_before`).
     """
-    top, distinct = _top(conn, scope, ranked, top_n)
-    ranked_values = [
+    top, distinct = _top_values(conn, scope, table, value, top_n)
+    ranked = [
         stats_pb2.RankedValue(
             value=v,
             count=n,
@@ -526,9 +492,9 @@ def _ranked_events(
             first_seen=_timestamp(first),
             last_seen=_timestamp(last),
         )
-        for v, n, _, firsts, first, last in top
+        for v, n, firsts, first, last in top
     ]
-    return ranked_values, distinct
+    return ranked, distinct
 
 
 @dataclass(frozen=True)
@@ -635,21 +601,25 @@ def threat_stats(
     conn: Connection, filters: Filters, top_n: int
 ) -> stats_pb2.GetThreatStatsResponse:
     scope = _scope(conn, filters)
-    s = SESSIONS.c
+    s, la, c = SESSIONS.c, LOGIN_ATTEMPTS.c, COMMANDS.c
     source_ips, unique_ips = _ranked_source_ips(
         conn, scope.where(s.start_ts_us, s.sensor_id), top_n
     )
     earlier = _sessions_from_before(conn, scope)
-    usernames, unique_usernames = _ranked_events(conn, scope, USERNAMES, top_n, earlier["username"])
-    passwords, unique_passwords = _ranked_events(conn, scope, PASSWORDS, top_n, earlier["password"])
-    commands, _ = _ranked_events(conn, scope, INPUTS, top_n, earlier["input"])
+    usernames, unique_usernames = _ranked_events(
+        conn, scope, LOGIN_ATTEMPTS, la.username, top_n, earlier["username"]
+    )
+    passwords, unique_passwords = _ranked_events(
+        conn, scope, LOGIN_ATTEMPTS, la.password, top_n, earlier["password"]
+    )
+    commands, _ = _ranked_events(conn, scope, COMMANDS, c.input, top_n, earlier["input"])
     downloads, unique_hashes = _downloads(conn, scope, top_n, earlier["shasum"])
     return stats_pb2.GetThreatStatsResponse(
         top_source_ips=source_ips,
         top_usernames=usernames,
         top_passwords=passwords,
         top_commands=commands,
-        top_credentials=_credentials(conn, scope, top_n),
+        top_credentials=_credentials(conn, scope.where(la.ts_us, la.sensor_id), top_n),
         top_downloads=downloads,
         unique_source_ips=unique_ips,
         unique_usernames=unique_usernames,
@@ -658,11 +628,26 @@ def threat_stats(
     )
 
 
-def _credentials(conn: Connection, scope: _Scope, top_n: int) -> list[stats_pb2.Credential]:
-    top, _ = _top(conn, scope, CREDENTIALS, top_n)
+def _credentials(
+    conn: Connection, where: ColumnElement[bool], top_n: int
+) -> list[stats_pb2.Credential]:
+    """Top (username, password) pairs, from the raw rows (see models.DailyValue)."""
+    la = LOGIN_ATTEMPTS.c
+    attempts = func.count()
+    query = (
+        select(la.username, la.password, attempts, func.sum(case((la.success, 1), else_=0)))
+        .where(where, la.username.is_not(None), la.password.is_not(None))
+        .group_by(la.username, la.password)
+        .order_by(
+            attempts.desc(),
+            _bytewise(la.username, conn).asc(),
+            _bytewise(la.password, conn).asc(),
+        )
+        .limit(top_n)
+    )
     return [
-        stats_pb2.Credential(username=u, password=p, attempts=n, successes=ok)
-        for u, p, n, ok, *_ in top
+        stats_pb2.Credential(username=u, password=p, attempts=n, successes=int(ok or 0))
+        for u, p, n, ok in conn.execute(query)
     ]
 
 
@@ -672,7 +657,7 @@ def _downloads(
     """Top downloads by shasum, and the number of distinct shasums."""
     d = DOWNLOADS.c
     where = scope.where(d.ts_us, d.sensor_id)
-    top, distinct = _top(conn, scope, SHASUMS, top_n)
+    top, distinct = _top_values(conn, scope, DOWNLOADS, d.shasum, top_n)
     if not top:
         return [], 0
     urls: dict[str, tuple[int, str]] = {}
@@ -689,7 +674,7 @@ def _downloads(
             count=n,
             sessions=firsts + earlier[sha],
         )
-        for sha, n, _, firsts, *_ in top
+        for sha, n, firsts, *_ in top
     ]
     return downloads, distinct
 

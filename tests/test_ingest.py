@@ -69,8 +69,8 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             tuple(row)
             for row in conn.execute(
                 text(
-                    "SELECT d.kind, d.day, s.name, d.value, d.value2, d.uses, d.successes,"
-                    " d.first_uses, d.first_ts_us, d.last_ts_us FROM daily_values d"
+                    "SELECT d.kind, d.day, s.name, d.value, d.uses, d.first_uses,"
+                    " d.first_ts_us, d.last_ts_us FROM daily_values d"
                     " JOIN sensors s ON s.id = d.sensor_id"
                 )
             )
@@ -88,38 +88,23 @@ def snapshot(engine: Engine) -> dict[str, Any]:
 def daily_values_by_definition(engine: Engine) -> list[tuple[Any, ...]]:
     """What daily_values should hold, aggregated here in Python from the raw rows."""
     figures: dict[tuple[Any, ...], list[int]] = {}
-
-    def add(key: tuple[Any, ...], ts_us: int, success: int, first: int) -> None:
-        row = figures.setdefault(key, [0, 0, 0, ts_us, ts_us])
-        row[0] += 1
-        row[1] += success
-        row[2] += first
-        row[3], row[4] = min(row[3], ts_us), max(row[4], ts_us)
-
     day = 86_400_000_000
+    kinds = {"username": 1, "password": 2, "input": 3, "shasum": 4}
     with engine.connect() as conn:
-        logins = conn.execute(
-            text(
-                "SELECT s.name, t.ts_us, t.username, t.password, t.success, t.username_first,"
-                " t.password_first FROM login_attempts t JOIN sensors s ON s.id = t.sensor_id"
-            )
-        )
-        for sensor, ts_us, user, password, success, user_first, password_first in logins:
-            if user is not None:
-                add((1, ts_us // day, sensor, user, ""), ts_us, 0, int(user_first))
-            if password is not None:
-                add((2, ts_us // day, sensor, password, ""), ts_us, 0, int(password_first))
-            if user is not None and password is not None:
-                add((5, ts_us // day, sensor, user, password), ts_us, int(success), 0)
-        for kind, table, column in ((3, "commands", "input"), (4, "downloads", "shasum")):
-            rows = conn.execute(
-                text(
-                    f"SELECT s.name, t.ts_us, t.{column}, t.{column}_first FROM {table} t"
-                    " JOIN sensors s ON s.id = t.sensor_id"
+        for table, pairs in FIRST_USE_FLAGS.items():
+            for value, flag in pairs:
+                rows = conn.execute(
+                    text(
+                        f"SELECT s.name, t.ts_us, t.{value}, t.{flag} FROM {table} t"
+                        f" JOIN sensors s ON s.id = t.sensor_id WHERE t.{value} IS NOT NULL"
+                    )
                 )
-            )
-            for sensor, ts_us, value, first in rows:
-                add((kind, ts_us // day, sensor, value, ""), ts_us, 0, int(first))
+                for sensor, ts_us, used, first in rows:
+                    key = (kinds[value], ts_us // day, sensor, used)
+                    row = figures.setdefault(key, [0, 0, ts_us, ts_us])
+                    row[0] += 1
+                    row[1] += int(first)
+                    row[2], row[3] = min(row[2], ts_us), max(row[3], ts_us)
     return sorted((*key, *values) for key, values in figures.items())
 
 
@@ -419,3 +404,34 @@ def test_kill_9_then_resume_gives_identical_totals(
     assert snapshot(db.engine) == snapshot(clean.engine)
     print(f"killed {kills} ingest runs with SIGKILL; totals identical to an uninterrupted run")
     clean.engine.dispose()
+
+
+def test_earlier_uses_read_later_move_the_flags_and_daily_first_uses(
+    db: Database, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def login(session: str, minute: int, password: str) -> str:
+        return json.dumps(
+            {
+                "eventid": "cowrie.login.failed",
+                "timestamp": f"2026-11-20T00:{minute:02d}:00Z",
+                "session": session,
+                "sensor": "s1",
+                "username": "root",
+                "password": password,
+            }
+        )
+
+    early = tmp_path / "logs" / "cowrie.json.2026-11-19"
+    late = tmp_path / "logs" / "cowrie.json"
+    early.parent.mkdir()
+    early.write_text(f"{login('a', 10, 'x')}\n{login('b', 11, 'y')}\n")
+    late.write_text(f"{login('a', 20, 'x')}\n{login('b', 21, 'y')}\n")
+    db.ingest([late])  # the later uses are stored, and flagged, first
+    db.ingest([early])  # both sessions' first uses of "root" move to the same day's rows
+    stored = snapshot(db.engine)
+    assert stored["first_use_flags"] == first_use_flags_by_definition(db.engine)
+    assert stored["daily_values"] == daily_values_by_definition(db.engine)
+    in_order = make_database("sqlite", tmp_path, request)
+    in_order.ingest([early, late])
+    assert snapshot(in_order.engine) == stored
+    in_order.engine.dispose()

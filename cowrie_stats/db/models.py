@@ -227,30 +227,31 @@ class HourlyRollup(Base):
 class DailyValue(Base):
     """Per (kind, UTC day, sensor, value): how a ranked value was used that day.
 
-    Maintained by the ingest in the batch's transaction. Uses, successes and
-    first uses add up over days and first/last take the minimum/maximum, so a
-    ranking over a window's whole days reads one row per value-day instead of
-    one per event; the partial days at the window's edges come from the raw
-    rows. ``kind`` is one of :data:`DAILY_KINDS`; ``value2`` is the password
-    of a credential and empty otherwise.
+    Maintained by the ingest in the batch's transaction. Uses and first uses add
+    up over days and first/last take the minimum/maximum, so a ranking over a
+    window's whole days reads one row per value-day instead of one per event;
+    the partial days at the window's edges come from the raw rows. ``kind`` is
+    one of :data:`DAILY_KINDS`. Credentials are not kept: (username, password)
+    pairs repeat too little per day for a row per pair-day to be smaller than
+    the raw rows (measured in docs/performance.md).
     """
 
     __tablename__ = "daily_values"
 
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # ts_us // 86400e6
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # ts_us // US_PER_DAY
     sensor_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[str] = mapped_column(Text, primary_key=True)
-    value2: Mapped[str] = mapped_column(Text, primary_key=True)
-    uses: Mapped[int] = mapped_column(BigInteger)
-    successes: Mapped[int] = mapped_column(BigInteger)  # successful logins (credentials)
-    first_uses: Mapped[int] = mapped_column(BigInteger)  # rows with the first-use flag
+    # 32-bit counts (per value, sensor and day): PostgreSQL sums them into a bigint,
+    # where sums of bigints are numeric, slower and heavier to hash.
+    uses: Mapped[int] = mapped_column(Integer)
+    first_uses: Mapped[int] = mapped_column(Integer)  # rows with the first-use flag
     first_ts_us: Mapped[int] = mapped_column(BigInteger)
     last_ts_us: Mapped[int] = mapped_column(BigInteger)
 
 
-# daily_values.kind of each ranked value
-DAILY_KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4, "credential": 5}
+# daily_values.kind of each ranked value column
+DAILY_KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4}
 US_PER_DAY = 86_400_000_000
 
 

@@ -114,24 +114,12 @@ class _Rollup:
         self.last_ts_us = ts_us if self.last_ts_us is None else max(self.last_ts_us, ts_us)
 
 
-# Per table: (kind name, value column, value2 column or None, first-use flag or None).
-DAILY_SOURCES: dict[str, list[tuple[str, str, str | None, str | None]]] = {
-    "login_attempts": [
-        ("username", "username", None, "username_first"),
-        ("password", "password", None, "password_first"),
-        ("credential", "username", "password", None),
-    ],
-    "commands": [("input", "input", None, "input_first")],
-    "downloads": [("shasum", "shasum", None, "shasum_first")],
-}
 DAILY_VALUE_COLUMNS = [
     "kind",
     "day",
     "sensor_id",
     "value",
-    "value2",
     "uses",
-    "successes",
     "first_uses",
     "first_ts_us",
     "last_ts_us",
@@ -139,66 +127,50 @@ DAILY_VALUE_COLUMNS = [
 
 
 class _DailyValues:
-    """A batch's additions to ``daily_values``: (kind, day, sensor, value, value2) -> figures.
+    """A batch's additions to ``daily_values``: (kind, day, sensor, value) -> figures.
 
-    The figures are [uses, successes, first_uses, first_ts_us, last_ts_us]; they
-    add up (or take min/max) with what is stored, like the hourly rollups.
+    The figures are [uses, first_uses, first_ts_us, last_ts_us]; they add up (or
+    take the minimum/maximum) with what is stored, like the hourly rollups.
     """
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[int, int, int, str, str], list[int]] = {}
-
-    def _add(
-        self, key: tuple[int, int, int, str, str], ts_us: int, success: int, first: int
-    ) -> None:
-        figures = self.rows.get(key)
-        if figures is None:
-            self.rows[key] = [1, success, first, ts_us, ts_us]
-            return
-        figures[0] += 1
-        figures[1] += success
-        figures[2] += first
-        if ts_us < figures[3]:
-            figures[3] = ts_us
-        elif ts_us > figures[4]:
-            figures[4] = ts_us
+        self.rows: dict[tuple[int, int, int, str], list[int]] = {}
 
     def add_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        """Count the flagged rows of ``table`` (tuples in ``columns`` order)."""
-        success_at = columns.index("success") if "success" in columns else None
+        """Count rows of ``table`` (tuples in ``columns`` order, flags included)."""
         sources = [
-            (
-                DAILY_KINDS[kind],
-                columns.index(value),
-                None if value2 is None else columns.index(value2),
-                None if flag is None else columns.index(flag),
-            )
-            for kind, value, value2, flag in DAILY_SOURCES[table]
+            (DAILY_KINDS[value], columns.index(value), columns.index(flag))
+            for value, flag in FIRST_USE_FLAGS[table]
         ]
+        figures_of = self.rows
         for row in rows:
             ts_us = row[3]
             day = ts_us // US_PER_DAY
-            success = 1 if success_at is not None and row[success_at] else 0
-            for kind, value_at, value2_at, flag_at in sources:
+            for kind, value_at, flag_at in sources:
                 value = row[value_at]
-                value2 = "" if value2_at is None else row[value2_at]
-                if value is None or value2 is None:
+                if value is None:
                     continue
-                first = 1 if flag_at is not None and row[flag_at] else 0
-                credential = value2_at is not None
-                self._add(
-                    (kind, day, row[1], value, value2), ts_us, success if credential else 0, first
-                )
+                key = (kind, day, row[1], value)
+                figures = figures_of.get(key)
+                if figures is None:
+                    figures_of[key] = [1, int(row[flag_at]), ts_us, ts_us]
+                    continue
+                figures[0] += 1
+                figures[1] += row[flag_at]
+                if ts_us < figures[2]:
+                    figures[2] = ts_us
+                elif ts_us > figures[3]:
+                    figures[3] = ts_us
 
     def unflag(self, value_column: str, sensor_id: int, value: str, ts_us: int) -> None:
         """A stored row at ``ts_us`` lost its first-use flag for ``value``."""
-        key = (DAILY_KINDS[value_column], ts_us // US_PER_DAY, sensor_id, value, "")
+        key = (DAILY_KINDS[value_column], ts_us // US_PER_DAY, sensor_id, value)
         figures = self.rows.get(key)
         if figures is None:
-            # Nothing new that day: the times are the stored row's, inside the stored range.
-            self.rows[key] = [0, 0, -1, ts_us, ts_us]
+            # Nothing new that day yet: the times are the stored row's, inside the stored range.
+            self.rows[key] = [0, -1, ts_us, ts_us]
         else:
-            figures[2] -= 1
+            figures[1] -= 1
 
 
 class _StoredSession(NamedTuple):
@@ -730,9 +702,8 @@ class BatchWriter:
                 text(
                     f"INSERT INTO daily_values ({', '.join(columns)})"
                     f" SELECT {', '.join(columns)} FROM daily_batch"
-                    " ON CONFLICT (kind, day, sensor_id, value, value2) DO UPDATE SET"
+                    " ON CONFLICT (kind, day, sensor_id, value) DO UPDATE SET"
                     " uses = daily_values.uses + excluded.uses,"
-                    " successes = daily_values.successes + excluded.successes,"
                     " first_uses = daily_values.first_uses + excluded.first_uses,"
                     " first_ts_us = least(daily_values.first_ts_us, excluded.first_ts_us),"
                     " last_ts_us = greatest(daily_values.last_ts_us, excluded.last_ts_us)"
@@ -741,10 +712,10 @@ class BatchWriter:
             return
         stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
         table = DAILY_VALUES
-        updates = {c: table.c[c] + stmt.excluded[c] for c in ("uses", "successes", "first_uses")}
+        updates = {c: table.c[c] + stmt.excluded[c] for c in ("uses", "first_uses")}
         updates["first_ts_us"] = func.min(table.c.first_ts_us, stmt.excluded.first_ts_us)
         updates["last_ts_us"] = func.max(table.c.last_ts_us, stmt.excluded.last_ts_us)
-        stmt = stmt.on_conflict_do_update(index_elements=columns[:5], set_=updates)
+        stmt = stmt.on_conflict_do_update(index_elements=columns[:4], set_=updates)
         self.conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in sorted(rows)])
 
     # -- dead letters and cursors -------------------------------------------------

@@ -2,8 +2,8 @@
 
 A ranking over 30 days or all time grouped every login attempt, command or
 download of the window. ``daily_values`` keeps, per (kind, UTC day, sensor,
-value), the uses, successes, first uses (rows with a first-use flag) and the
-first and last use, maintained by the ingest. The window's whole days are read
+value), the uses, first uses (rows with a first-use flag) and the first and
+last use, maintained by the ingest. The window's whole days are read
 from it, one row per value-day; only its two partial days come from the raw rows.
 Existing data is rolled up here with the rules the ingest applies.
 
@@ -25,23 +25,21 @@ depends_on: str | Sequence[str] | None = None
 # Floor division on both backends (their integer division truncates toward zero).
 DAY = "(CASE WHEN ts_us >= 0 THEN ts_us / 86400000000 ELSE (ts_us + 1) / 86400000000 - 1 END)"
 
-# kind, table, value, value2, successes, first-use flag
+# kind, table, value column (its first-use flag is <value>_first)
 ROLLED_UP = [
-    (1, "login_attempts", "username", "''", "0", "username_first"),
-    (2, "login_attempts", "password", "''", "0", "password_first"),
-    (3, "commands", "input", "''", "0", "input_first"),
-    (4, "downloads", "shasum", "''", "0", "shasum_first"),
-    (5, "login_attempts", "username", "password", "CASE WHEN success THEN 1 ELSE 0 END", "FALSE"),
+    (1, "login_attempts", "username"),
+    (2, "login_attempts", "password"),
+    (3, "commands", "input"),
+    (4, "downloads", "shasum"),
 ]
 
 ROLL_UP = """
-INSERT INTO daily_values
-  (kind, day, sensor_id, value, value2, uses, successes, first_uses, first_ts_us, last_ts_us)
-SELECT {kind}, {day}, sensor_id, {value}, {value2}, count(*), sum({successes}),
-       sum(CASE WHEN {flag} THEN 1 ELSE 0 END), min(ts_us), max(ts_us)
+INSERT INTO daily_values (kind, day, sensor_id, value, uses, first_uses, first_ts_us, last_ts_us)
+SELECT {kind}, {day}, sensor_id, {value}, count(*),
+       sum(CASE WHEN {value}_first THEN 1 ELSE 0 END), min(ts_us), max(ts_us)
 FROM {table}
-WHERE {value} IS NOT NULL AND {value2} IS NOT NULL
-GROUP BY 2, 3, 4, 5
+WHERE {value} IS NOT NULL
+GROUP BY 2, 3, 4
 """
 
 
@@ -52,28 +50,14 @@ def upgrade() -> None:
         sa.Column("day", sa.Integer(), nullable=False),
         sa.Column("sensor_id", sa.Integer(), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
-        sa.Column("value2", sa.Text(), nullable=False),
-        sa.Column("uses", sa.BigInteger(), nullable=False),
-        sa.Column("successes", sa.BigInteger(), nullable=False),
-        sa.Column("first_uses", sa.BigInteger(), nullable=False),
+        sa.Column("uses", sa.Integer(), nullable=False),
+        sa.Column("first_uses", sa.Integer(), nullable=False),
         sa.Column("first_ts_us", sa.BigInteger(), nullable=False),
         sa.Column("last_ts_us", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint(
-            "kind", "day", "sensor_id", "value", "value2", name=op.f("pk_daily_values")
-        ),
+        sa.PrimaryKeyConstraint("kind", "day", "sensor_id", "value", name=op.f("pk_daily_values")),
     )
-    for kind, table, value, value2, successes, flag in ROLLED_UP:
-        op.execute(
-            ROLL_UP.format(
-                kind=kind,
-                day=DAY,
-                table=table,
-                value=value,
-                value2=value2,
-                successes=successes,
-                flag=flag,
-            )
-        )
+    for kind, table, value in ROLLED_UP:
+        op.execute(ROLL_UP.format(kind=kind, day=DAY, table=table, value=value))
 
 
 def downgrade() -> None:
