@@ -132,14 +132,24 @@ class _Scope:
     sensor_ids: tuple[int, ...] | None
 
     def where(self, ts: ColumnElement[Any], sensor: ColumnElement[Any]) -> ColumnElement[bool]:
-        clauses: list[ColumnElement[bool]] = []
-        if self.window.start_us is not None:
-            clauses.append(ts >= self.window.start_us)
-        if self.window.end_us is not None:
-            clauses.append(ts < self.window.end_us)
-        if self.sensor_ids is not None:
-            clauses.append(sensor.in_(self.sensor_ids))
-        return and_(literal(True), *clauses)
+        return _bounded(ts, sensor, (self.window.start_us, self.window.end_us), self.sensor_ids)
+
+
+def _bounded(
+    column: ColumnElement[Any],
+    sensor: ColumnElement[Any],
+    bounds: tuple[int | None, int | None],
+    sensor_ids: tuple[int, ...] | None,
+) -> ColumnElement[bool]:
+    """``bounds[0] <= column < bounds[1]`` (None: unbounded) and, with ids, the sensor in them."""
+    clauses: list[ColumnElement[bool]] = []
+    if bounds[0] is not None:
+        clauses.append(column >= bounds[0])
+    if bounds[1] is not None:
+        clauses.append(column < bounds[1])
+    if sensor_ids is not None:
+        clauses.append(sensor.in_(sensor_ids))
+    return and_(literal(True), *clauses)
 
 
 def _scope(conn: Connection, filters: Filters) -> _Scope:
@@ -231,16 +241,9 @@ def figures_by_sensor(
 
     if hours_range is not None:
         hours = HOURLY_ROLLUPS.c
-        conditions: list[ColumnElement[bool]] = []
-        if hours_range[0] is not None:
-            conditions.append(hours.hour >= hours_range[0])
-        if hours_range[1] is not None:
-            conditions.append(hours.hour < hours_range[1])
-        if scope.sensor_ids is not None:
-            conditions.append(hours.sensor_id.in_(scope.sensor_ids))
         query = (
             select(hours.sensor_id, *(f.rollup_expression() for f in figures))
-            .where(and_(literal(True), *conditions))
+            .where(_bounded(hours.hour, hours.sensor_id, hours_range, scope.sensor_ids))
             .group_by(hours.sensor_id)
         )
         for row in conn.execute(query):
@@ -415,16 +418,10 @@ def _uses(scope: _Scope, table: Table, value: Column[Any]) -> Any:
     parts: list[Select[Any]] = []
     if days is not None:
         dv = DAILY_VALUES.c
-        conditions = [dv.kind == DAILY_KINDS[value.name]]
-        if days[0] is not None:
-            conditions.append(dv.day >= days[0])
-        if days[1] is not None:
-            conditions.append(dv.day < days[1])
-        if scope.sensor_ids is not None:
-            conditions.append(dv.sensor_id.in_(scope.sensor_ids))
         parts.append(
             select(dv.value, dv.uses, dv.first_uses, dv.first_ts_us, dv.last_ts_us).where(
-                *conditions
+                dv.kind == DAILY_KINDS[value.name],
+                _bounded(dv.day, dv.sensor_id, days, scope.sensor_ids),
             )
         )
     t = table.c
