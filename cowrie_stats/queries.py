@@ -657,23 +657,36 @@ def _downloads(
     top, distinct = _top_values(conn, scope, DOWNLOADS, d.shasum, top_n)
     if not top:
         return [], 0
-    urls: dict[str, tuple[int, str]] = {}
-    of_top = and_(where, d.shasum.in_([row[0] for row in top]))
-    url_query = select(d.shasum, d.ts_us, d.url).where(of_top, d.url.is_not(None), d.url != "")
-    for shasum, ts_us, url in conn.execute(url_query):
-        # Most recent non-empty URL; equal timestamps broken by the URL itself.
-        if shasum not in urls or (ts_us, url) > urls[shasum]:
-            urls[shasum] = (ts_us, url)
+    urls = _latest_urls(conn, and_(where, d.shasum.in_([row[0] for row in top])))
     downloads = [
         stats_pb2.Download(
             shasum=sha,
-            url=urls.get(sha, (0, ""))[1],
+            url=urls.get(sha, ""),
             count=n,
             sessions=firsts + earlier[sha],
         )
         for sha, n, firsts, *_ in top
     ]
     return downloads, distinct
+
+
+def _latest_urls(conn: Connection, where: ColumnElement[bool]) -> dict[str, str]:
+    """Per shasum, the non-empty URL of its most recent download (ties: the greatest URL).
+
+    Picked in the database: the winners of an all-time ranking can have hundreds of
+    thousands of downloads, which fetched into Python cost tens of MB per call.
+    """
+    d = DOWNLOADS.c
+    newest_first = func.row_number().over(
+        partition_by=d.shasum, order_by=(d.ts_us.desc(), _bytewise(d.url, conn).desc())
+    )
+    ranked = (
+        select(d.shasum, d.url, newest_first.label("n"))
+        .where(where, d.url.is_not(None), d.url != "")
+        .subquery()
+    )
+    query = select(ranked.c.shasum, ranked.c.url).where(ranked.c.n == 1)
+    return {row.shasum: row.url for row in conn.execute(query)}
 
 
 # -- GetSensorStats -----------------------------------------------------------------

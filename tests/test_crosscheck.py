@@ -161,19 +161,22 @@ def _straddling_log(path: Path, t0: int) -> None:
     def command(sensor: str, session: str, seconds: float, text: str) -> None:
         add(sensor, session, seconds, "cowrie.command.input", input=text)
 
-    def download(sensor: str, session: str, seconds: float, shasum: str) -> None:
-        add(sensor, session, seconds, "cowrie.session.file_download", shasum=shasum, url="")
+    def download(sensor: str, session: str, seconds: float, shasum: str, url: str = "") -> None:
+        add(sensor, session, seconds, "cowrie.session.file_download", shasum=shasum, url=url)
 
     add("s1", "a", 0, "cowrie.session.connect", src_ip="10.0.0.1", protocol="ssh")
     login("s1", "a", 1, "root", "123456")
     command("s1", "a", 6, "uname -a")
-    download("s1", "a", 7, "f" * 64)
+    download("s1", "a", 7, "f" * 64, "http://older.example/x")
     command("s1", "a", 30, "uname -a")
     login("s1", "a", 31, "root", "123456")
     download("s1", "a", 40, "f" * 64)
     add("s1", "b", 20, "cowrie.session.connect", src_ip="10.0.0.2", protocol="ssh")
     login("s1", "b", 25, "root", "admin")
     command("s1", "b", 26, "uname -a")
+    # Same time, two URLs: the greater by code point wins ("é" > "z", unlike in most locales).
+    download("s1", "b", 27, "f" * 64, "http://z.example/x")
+    download("s1", "b", 27, "f" * 64, "http://\u00e9.example/x")
     # A long session on another sensor that straddles every window start below.
     add("s2", "c", -3_600, "cowrie.session.connect", src_ip="10.0.0.3", protocol="telnet")
     login("s2", "c", -3_000, "root", "123456")
@@ -219,3 +222,4 @@ def test_sessions_that_used_a_value_before_the_window_count_once(
     assert _ranked(on_s2.top_usernames) == expected["top_usernames"]
     assert _ranked(on_s2.top_commands) == expected["top_commands"]
     assert [(v.value, v.sessions) for v in on_s2.top_usernames] == [("root", 1)]
+    assert [d.url for d in got.top_downloads] == ["http://\u00e9.example/x"]
