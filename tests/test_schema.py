@@ -49,7 +49,7 @@ def test_migrate_with_a_password_full_of_special_characters(pg_cluster: object) 
         engine.dispose()
 
 
-def test_migration_0004_flags_existing_rows_as_the_ingest_does(
+def test_migrations_0004_0005_fill_existing_data_as_the_ingest_does(
     db: Database, tmp_path: Path
 ) -> None:
     from test_ingest import snapshot
