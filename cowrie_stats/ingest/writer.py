@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    sql,
     text,
     update,
 )
@@ -232,6 +233,27 @@ def _copy_rows(
     with cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _staged(
+    conn: Connection,
+    name: str,
+    source: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> sql.TableClause:
+    """PostgreSQL: a temporary table (dropped at commit) of ``source``'s ``columns``, COPYed in.
+
+    For set-based UPDATE / upsert statements over many rows of a batch.
+    """
+    conn.execute(
+        text(
+            f"CREATE TEMP TABLE {name} ON COMMIT DROP AS"
+            f" SELECT {', '.join(columns)} FROM {source.name} WITH NO DATA"
+        )
+    )
+    _copy_rows(conn, name, columns, rows)
+    return sql.table(name, *(sql.column(c) for c in columns))
 
 
 def _bulk_insert(
@@ -492,14 +514,14 @@ class BatchWriter:
             return
         columns = [c for c in SESSION_STATE_COLUMNS if c != "id"]
         if self.conn.dialect.name == "postgresql":
-            self.conn.execute(
-                text(
-                    f"CREATE TEMP TABLE session_updates ON COMMIT DROP AS"
-                    f" SELECT id, {', '.join(columns)} FROM sessions WITH NO DATA"
-                )
-            )
             copied = ["id", *columns]
-            _copy_rows(self.conn, "session_updates", copied, ([r[c] for c in copied] for r in rows))
+            _staged(
+                self.conn,
+                "session_updates",
+                SESSIONS,
+                copied,
+                ([r[c] for c in copied] for r in rows),
+            )
             assignments = ", ".join(f"{c} = u.{c}" for c in columns)
             self.conn.execute(
                 text(
@@ -686,37 +708,30 @@ class BatchWriter:
     def _add_daily_values(self, daily: _DailyValues) -> None:
         if not daily.rows:
             return
-        rows = [(*key, *values) for key, values in daily.rows.items()]
         columns = DAILY_VALUE_COLUMNS
-        if self.conn.dialect.name == "postgresql":
+        rows = sorted((*key, *values) for key, values in daily.rows.items())
+        stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
+        postgres = self.conn.dialect.name == "postgresql"
+        if postgres:
             # COPY and one set-based upsert: a batch adds thousands of value-days,
             # too many for a statement per row.
-            self.conn.execute(
-                text(
-                    "CREATE TEMP TABLE daily_batch ON COMMIT DROP AS"
-                    " SELECT * FROM daily_values WITH NO DATA"
-                )
-            )
-            _copy_rows(self.conn, "daily_batch", columns, sorted(rows))
-            self.conn.execute(
-                text(
-                    f"INSERT INTO daily_values ({', '.join(columns)})"
-                    f" SELECT {', '.join(columns)} FROM daily_batch"
-                    " ON CONFLICT (kind, day, sensor_id, value) DO UPDATE SET"
-                    " uses = daily_values.uses + excluded.uses,"
-                    " first_uses = daily_values.first_uses + excluded.first_uses,"
-                    " first_ts_us = least(daily_values.first_ts_us, excluded.first_ts_us),"
-                    " last_ts_us = greatest(daily_values.last_ts_us, excluded.last_ts_us)"
-                )
-            )
-            return
-        stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
-        table = DAILY_VALUES
-        updates = {c: table.c[c] + stmt.excluded[c] for c in ("uses", "first_uses")}
-        updates["first_ts_us"] = func.min(table.c.first_ts_us, stmt.excluded.first_ts_us)
-        updates["last_ts_us"] = func.max(table.c.last_ts_us, stmt.excluded.last_ts_us)
-        stmt = stmt.on_conflict_do_update(index_elements=columns[:4], set_=updates)
-        self.conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in sorted(rows)])
+            staged = _staged(self.conn, "daily_batch", DAILY_VALUES, columns, rows)
+            stmt = stmt.from_select(columns, select(*staged.c))
+        least, greatest = _least_greatest(self.conn)
+        stored, new = DAILY_VALUES.c, stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=columns[:4],
+            set_={
+                "uses": stored.uses + new.uses,
+                "first_uses": stored.first_uses + new.first_uses,
+                "first_ts_us": least(stored.first_ts_us, new.first_ts_us),
+                "last_ts_us": greatest(stored.last_ts_us, new.last_ts_us),
+            },
+        )
+        if postgres:
+            self.conn.execute(stmt)
+        else:
+            self.conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
 
     # -- dead letters and cursors -------------------------------------------------
 
