@@ -103,11 +103,11 @@ class Database:
         return sample
 
 
-def _fresh_pg_database(cluster: PgCluster) -> tuple[str, str]:
+def _fresh_pg_database(cluster: PgCluster, options: str = "") -> tuple[str, str]:
     name = "t_" + uuid.uuid4().hex[:12]
     admin = create_engine(cluster.admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" OWNER cowrie'))
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER cowrie {options}'))
     admin.dispose()
     return (
         cluster.primary_url.rsplit("/", 1)[0] + "/" + name,
@@ -115,13 +115,16 @@ def _fresh_pg_database(cluster: PgCluster) -> tuple[str, str]:
     )
 
 
-def make_database(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Database:
+def make_database(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, pg_options: str = ""
+) -> Database:
+    """A migrated database; ``pg_options`` are extra CREATE DATABASE options (PostgreSQL)."""
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'stats.db'}"
         replica = None
     else:
         cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        url, replica = _fresh_pg_database(cluster)
+        url, replica = _fresh_pg_database(cluster, pg_options)
     engine = create_db_engine(url, Settings(database_url=url), writer=True)
     upgrade(engine)
     return Database(kind, url, replica, engine)

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 import reference
-from conftest import Database, StartServer
+from conftest import Database, StartServer, make_database
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 
@@ -223,3 +224,68 @@ def test_sessions_that_used_a_value_before_the_window_count_once(
     assert _ranked(on_s2.top_commands) == expected["top_commands"]
     assert [(v.value, v.sessions) for v in on_s2.top_usernames] == [("root", 1)]
     assert [d.url for d in got.top_downloads] == ["http://\u00e9.example/x"]
+
+
+# The test cluster is created with the C locale; production databases usually are not.
+LANGUAGE_COLLATION = (
+    "TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+    " LC_COLLATE 'C' LC_CTYPE 'C'"
+)
+
+
+def _tied_values_log(path: Path, t0: int) -> None:
+    """One use of every value, so that every ranking is decided by its tie-break alone.
+
+    The values sort differently by bytes ("Zed" < "_x" < "alpha" < "ed" < "éclair")
+    and in English ("_x" < "alpha" < "éclair" < "ed" < "Zed"), as do the sensor
+    names, the source IPs ("10.0.0.10" < "10.0.0.9" in both, "2001:db8::a" against
+    "2001:db8::B") and the two URLs of one download at the same instant.
+    """
+    values = ["Zed", "_x", "alpha", "beta", "\u00e9clair", "ed", "Ed", "e-d"]
+    sensors = ["Sensor-b", "_s", "sensor-a"]
+    ips = ["10.0.0.9", "10.0.0.10", "2001:db8::a", "2001:db8::B", "192.0.2.1"]
+    lines: list[dict[str, Any]] = []
+    for n, value in enumerate(values):
+        base = {"session": f"s{n}", "sensor": sensors[n % len(sensors)]}
+        at = [_ts(t0 + (n * 60 + k) * reference.US).ToJsonString() for k in range(4)]
+        lines += [
+            base
+            | {"eventid": "cowrie.session.connect", "timestamp": at[0], "protocol": "ssh"}
+            | {"src_ip": ips[n % len(ips)]},
+            base
+            | {"eventid": "cowrie.login.failed", "timestamp": at[1]}
+            | {"username": value, "password": value[::-1]},
+            base | {"eventid": "cowrie.command.input", "timestamp": at[2], "input": value},
+            base
+            | {"eventid": "cowrie.session.file_download", "timestamp": at[3]}
+            | {"shasum": f"{n:064x}", "url": f"http://{value}.example/"},
+        ]
+    same = {"session": "s0", "sensor": sensors[0], "shasum": "f" * 64}
+    instant = _ts(t0 + 30 * reference.US).ToJsonString()
+    for url in ("http://Z.example/x", "http://a.example/x"):
+        lines.append(
+            same | {"eventid": "cowrie.session.file_download", "timestamp": instant, "url": url}
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_ties_break_bytewise_on_a_database_with_a_language_collation(
+    request: pytest.FixtureRequest, tmp_path: Path, start_server: StartServer
+) -> None:
+    database = make_database("postgresql", tmp_path, request, LANGUAGE_COLLATION)
+    try:
+        with database.engine.connect() as conn:
+            assert conn.scalar(text("SELECT 'Zed' < '_x'")) is False  # really not bytewise
+        log = tmp_path / "tied" / "cowrie.json"
+        _tied_values_log(log, 1_700_000_000 * reference.US)
+        database.ingest([log])
+        events = reference.load_events([log])
+        running = start_server(database.settings())
+        _all_checks(running.stub, events)
+        got = running.stub.GetThreatStats(stats_pb2.GetThreatStatsRequest(top_n=3))
+        assert [v.value for v in got.top_usernames] == ["Ed", "Zed", "_x"]
+        # Same shasum, same instant: the greater URL by bytes ("a" > "Z"; not in English).
+        assert got.top_downloads[0].url == "http://a.example/x"
+    finally:
+        database.engine.dispose()
