@@ -711,12 +711,14 @@ class BatchWriter:
         columns = DAILY_VALUE_COLUMNS
         rows = sorted((*key, *values) for key, values in daily.rows.items())
         stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
-        postgres = self.conn.dialect.name == "postgresql"
-        if postgres:
+        parameters: list[dict[str, Any]] | None = None
+        if self.conn.dialect.name == "postgresql":
             # COPY and one set-based upsert: a batch adds thousands of value-days,
             # too many for a statement per row.
             staged = _staged(self.conn, "daily_batch", DAILY_VALUES, columns, rows)
             stmt = stmt.from_select(columns, select(*staged.c))
+        else:
+            parameters = [dict(zip(columns, row, strict=True)) for row in rows]
         least, greatest = _least_greatest(self.conn)
         stored, new = DAILY_VALUES.c, stmt.excluded
         stmt = stmt.on_conflict_do_update(
@@ -728,10 +730,7 @@ class BatchWriter:
                 "last_ts_us": greatest(stored.last_ts_us, new.last_ts_us),
             },
         )
-        if postgres:
-            self.conn.execute(stmt)
-        else:
-            self.conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+        self.conn.execute(stmt, parameters)
 
     # -- dead letters and cursors -------------------------------------------------
 
