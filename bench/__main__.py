@@ -210,6 +210,15 @@ def table(report: dict[str, Any]) -> str:
             f"  raw COPY             {ingest['copy']['events_per_second']:>10.0f} ev/s"
             f"   ingest/COPY = {ingest['copy_ratio']:.3f}"
         )
+        floor = ingest["storage_floor"]
+        lines.append(
+            f"  storage floor, 1 connection  {floor['one_connection']['events_per_second']:>10.0f}"
+            f" ev/s   ingest/floor = {ingest['floor_ratio']:.3f}"
+        )
+        lines.append(
+            f"  storage floor, 2 connections {floor['two_connections']['events_per_second']:>10.0f}"
+            " ev/s   (no client work at all)"
+        )
     query = report.get("query")
     if query:
         data = query["data"]

@@ -43,6 +43,10 @@ def test_bench_harness_smoke(
     assert ingest["reingest_new_file_same_events"]["summary"]["duplicates_skipped"] == 2000
     assert ingest["copy"]["rows"] == 2000
     assert ingest["events_per_second"] > 0 and ingest["copy_ratio"] > 0
+    # The floor loads exactly the rows the ingest stored, both ways.
+    for load in ingest["storage_floor"].values():
+        assert load["events_loaded"] == 2000 and load["events_per_second"] > 0
+    assert ingest["floor_ratio"] > 0
     assert set(ingest["peak_rss_mb"]) == {"small", "large"}
     # The sampled tree includes the ingest process itself: never less than a Python process.
     assert all(mb > 10 for mb in ingest["peak_tree_pss_mb"].values())
