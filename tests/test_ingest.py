@@ -225,6 +225,9 @@ def test_parallel_parse_stores_exactly_what_a_serial_run_stores(
     log = tmp_path / "cowrie.json"
     log.write_bytes(b"".join(lines) + b'{"eventid": "cowrie.login.failed", "sess')
     parallel = Ingester(pg_db.engine, batch_lines=40, workers=2, parallel_after_lines=100)
+    started = parallel.start_workers()
+    assert started is not None
+    started.result(timeout=60)  # ready before the first batch: every batch goes to them
     summary = parallel.ingest([str(log)])
     assert parallel.batches_parsed_in_workers > 20
     reference = make_database("sqlite", tmp_path, request)
@@ -242,8 +245,11 @@ def test_parallel_parse_stores_exactly_what_a_serial_run_stores(
 
 def test_parse_workers_load_neither_sqlalchemy_nor_psycopg(sqlite_db: Database) -> None:
     # A worker's memory is what it imports: the parser only (docs/performance.md).
-    ingester = Ingester(sqlite_db.engine, workers=1, parallel_after_lines=-1)
-    pool = ingester._worker_pool()
+    ingester = Ingester(sqlite_db.engine, workers=1)
+    started = ingester.start_workers()
+    assert started is not None
+    started.result(timeout=60)
+    pool = ingester._ready_pool()
     assert pool is not None
     try:
         loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=60)
@@ -258,7 +264,27 @@ def test_parse_workers_load_neither_sqlalchemy_nor_psycopg(sqlite_db: Database) 
 def test_small_inputs_never_start_parse_workers(pg_db: Database, sample: Path) -> None:
     ingester = Ingester(pg_db.engine, workers=2)
     assert ingester.ingest([str(sample)]).events_stored > 0
+    assert ingester.workers_started_after_lines is None
     assert ingester.batches_parsed_in_workers == 0
+
+
+def test_a_large_file_starts_the_workers_before_its_first_line(
+    sqlite_db: Database, sample: Path
+) -> None:
+    lines = sample.read_bytes().count(b"\n")
+    # Its size says "more than parallel_after_lines": started before any line was parsed.
+    ingester = Ingester(sqlite_db.engine, workers=1, parallel_after_lines=lines // 2)
+    assert ingester.ingest([str(sample)]).lines_read == lines
+    assert ingester.workers_started_after_lines == 0
+
+
+def test_a_stream_starts_the_workers_once_enough_lines_were_read(
+    sqlite_db: Database, sample: Path
+) -> None:
+    lines = sample.read_bytes()
+    ingester = Ingester(sqlite_db.engine, batch_lines=100, workers=1, parallel_after_lines=300)
+    ingester.ingest(["-"], stdin=io.BytesIO(lines))
+    assert ingester.workers_started_after_lines == 400
 
 
 def test_stdin_and_directories(db: Database, sample: Path, tmp_path: Path) -> None:

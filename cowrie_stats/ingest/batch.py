@@ -62,3 +62,7 @@ def parse_batch(
         else:
             batch.events.append(event)
     return batch
+
+
+def worker_ready() -> None:
+    """Nothing: a parse worker that runs it has started and imported the parser."""

@@ -9,7 +9,9 @@ killed at any point resumes with exactly the totals of an uninterrupted one.
 
 Large inputs are parsed in worker processes (``workers``) while this process
 writes: batches are cut and committed exactly as in a serial run, in order, with
-at most ``workers + 1`` batches parsed ahead so memory stays flat.
+at most ``workers + 1`` batches parsed ahead so memory stays flat. The workers
+start in the background as soon as a run is known to be large (from a file's
+size, or from the lines read so far); until they are ready this process parses.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import BinaryIO
 from sqlalchemy import Engine
 
 from cowrie_stats import metrics
-from cowrie_stats.ingest.batch import ParsedBatch, parse_batch
+from cowrie_stats.ingest.batch import ParsedBatch, parse_batch, worker_ready
 from cowrie_stats.ingest.writer import BatchWriter, CursorState, load_cursor
 
 HEAD_BYTES = 4096
@@ -41,6 +43,11 @@ DEFAULT_BATCH_LINES = 5000
 # Below this many lines in one run, starting worker processes (about 0.3 s)
 # costs more than it saves: tests and the demo sample never start them.
 PARALLEL_AFTER_LINES = 50_000
+# To tell from a file's size whether it holds that many lines: Cowrie lines are
+# about 300 bytes, and gzip shrinks them about tenfold (a low guess is harmless:
+# the count of lines read still starts the workers).
+LINE_BYTES = 300
+GZIP_RATIO = 10
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"
 
@@ -150,8 +157,10 @@ class Ingester:
         self.summary = IngestSummary()
         self._started = time.monotonic()
         self._pool: Executor | None = None
+        self._pool_ready: Future[None] | None = None
         self._lines_submitted = 0
         self.batches_parsed_in_workers = 0
+        self.workers_started_after_lines: int | None = None
 
     def ingest(self, paths: Iterable[str], stdin: BinaryIO | None = None) -> IngestSummary:
         try:
@@ -165,7 +174,7 @@ class Ingester:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
-                self._pool = None
+                self._pool = self._pool_ready = None
         self.summary.seconds = time.monotonic() - self._started
         return self.summary
 
@@ -174,6 +183,9 @@ class Ingester:
         with self.engine.connect() as conn:
             saved = load_cursor(conn, head)
         stream, compressed = _open(path)
+        size = os.stat(path).st_size * (GZIP_RATIO if compressed else 1)
+        if (size - (saved[0] if saved else 0)) // LINE_BYTES > self.parallel_after_lines:
+            self.start_workers()
         with stream:
             offset, line_no, tail = 0, 0, b""
             if saved is not None:
@@ -221,25 +233,35 @@ class Ingester:
         self, lines: list[bytes], source: str, first_line_no: int
     ) -> Future[ParsedBatch] | ParsedBatch:
         self._lines_submitted += len(lines)
-        pool = self._worker_pool()
+        if self._lines_submitted > self.parallel_after_lines:
+            self.start_workers()
+        pool = self._ready_pool()
         if pool is None:
             return parse_batch(lines, source, first_line_no, self.default_sensor)
         self.batches_parsed_in_workers += 1
         return pool.submit(parse_batch, lines, source, first_line_no, self.default_sensor)
 
-    def _worker_pool(self) -> Executor | None:
-        """The parse workers, started once the run has proved large enough to pay for them."""
-        if (
-            self._pool is None
-            and self.workers
-            and self._lines_submitted > self.parallel_after_lines
-        ):
+    def start_workers(self) -> Future[None] | None:
+        """Start the parse workers (once, if any are configured) without waiting for them.
+
+        Returns a future that is done when a worker has started and imported the
+        parser; None when no workers are configured.
+        """
+        if self._pool is None and self.workers:
             # forkserver, not fork: this process holds database connections and
             # maybe threads (metrics server) that a forked child must not inherit.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["cowrie_stats.ingest.batch"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        return self._pool
+            self._pool_ready = self._pool.submit(worker_ready)
+            self.workers_started_after_lines = self._lines_submitted
+        return self._pool_ready
+
+    def _ready_pool(self) -> Executor | None:
+        """The parse workers once they can take work: a starting pool would stall the run."""
+        if self._pool_ready is not None and self._pool_ready.done():
+            return self._pool
+        return None
 
     def _flush(self, pending: _Pending) -> None:
         batch = pending.result()
