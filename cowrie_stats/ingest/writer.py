@@ -12,6 +12,8 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -78,6 +80,11 @@ LOGIN_COLUMNS = [
 ]
 COMMAND_COLUMNS = [*DETAIL_COLUMNS, "input", "input_first"]
 DOWNLOAD_COLUMNS = [*DETAIL_COLUMNS, "shasum", "url", "outfile", "shasum_first"]
+DETAIL_TABLES = [
+    (LOGIN_ATTEMPTS, LOGIN_COLUMNS),
+    (COMMANDS, COMMAND_COLUMNS),
+    (DOWNLOADS, DOWNLOAD_COLUMNS),
+]
 
 
 @dataclass(frozen=True)
@@ -338,12 +345,38 @@ class BatchWriter:
     def _store(self, fresh: list[ParsedEvent]) -> None:
         self._ensure_sensors(fresh)
         ids = self._sensor_ids
+        in_order = sorted(fresh, key=lambda ev: (ev.ts_us, ev.hash))
+        sessions = self._load_sessions({(ids[e.sensor], e.session) for e in in_order})
+        new_ids = self._new_session_ids(in_order, sessions)
         rows = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
-        _bulk_insert(self.conn, EVENTS, EVENT_COLUMNS, rows)
         rollups: defaultdict[tuple[int, int], _Rollup] = defaultdict(_Rollup)
-        session_ids, continuing = self._merge_sessions(fresh, rollups)
-        self._store_details(fresh, session_ids, continuing, rollups)
+        with self._inserting(EVENTS, EVENT_COLUMNS, rows):
+            # Python only in here: PostgreSQL stores the events meanwhile.
+            self._merge_sessions(in_order, sessions, new_ids, rollups)
+            details = self._detail_rows(fresh, sessions, rollups)
+        continuing = self._save_sessions(sessions)
+        self._store_details(details, continuing)
         self._add_rollups(rollups)
+
+    @contextmanager
+    def _inserting(
+        self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> Iterator[None]:
+        """Insert ``rows`` while the block runs; the block must not use the connection.
+
+        On PostgreSQL the COPY runs in a thread: the server stores the rows
+        while this one runs the block's Python (the client waits on the server
+        for most of a COPY, and the GIL is free while it waits). SQLite
+        inserts before the block.
+        """
+        if self.conn.dialect.name != "postgresql":
+            _bulk_insert(self.conn, table, columns, rows)
+            yield
+            return
+        with ThreadPoolExecutor(1) as thread:
+            copied = thread.submit(_bulk_insert, self.conn, table, columns, rows)
+            yield
+            copied.result()
 
     def _ensure_sensors(self, fresh: list[ParsedEvent]) -> None:
         bounds: dict[str, tuple[int, int]] = {}
@@ -417,17 +450,47 @@ class BatchWriter:
             rows[key] = _SessionRow(values, False, values["start_ts_us"], values["end_ts_us"])
         return rows
 
+    def _new_session_ids(
+        self, in_order: list[ParsedEvent], stored: dict[tuple[int, str], _SessionRow]
+    ) -> dict[tuple[int, str], int]:
+        """Ids for the sessions not stored yet, in the order they first appear.
+
+        Taken before the merge so that the rows of the per-event tables can be
+        built while the events are being stored.
+        """
+        ids = self._sensor_ids
+        new = list(
+            dict.fromkeys(k for e in in_order if (k := (ids[e.sensor], e.session)) not in stored)
+        )
+        if not new:
+            return {}
+        if self.conn.dialect.name == "postgresql":
+            cursor = _dbapi_cursor(self.conn)
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('sessions', 'id'))"
+                " FROM generate_series(1, %s)",
+                [len(new)],
+            )
+            return {key: session_id for key, (session_id,) in zip(new, cursor, strict=True)}
+        # SQLite: this transaction has written (the sensors) and so holds the
+        # database's write lock; no other writer can take these ids.
+        highest: int = self.conn.scalar(select(func.coalesce(func.max(SESSIONS.c.id), 0))) or 0
+        return {key: highest + n for n, key in enumerate(new, 1)}
+
     def _merge_sessions(
-        self, fresh: list[ParsedEvent], rollups: defaultdict[tuple[int, int], _Rollup]
-    ) -> tuple[dict[tuple[int, str], int], list[_StoredSession]]:
-        """Merge the batch into its sessions; their ids, and the sessions stored before it."""
-        keys = {(self._sensor_ids[e.sensor], e.session) for e in fresh}
-        rows = self._load_sessions(keys)
-        for e in sorted(fresh, key=lambda ev: (ev.ts_us, ev.hash)):
+        self,
+        in_order: list[ParsedEvent],
+        rows: dict[tuple[int, str], _SessionRow],
+        new_ids: dict[tuple[int, str], int],
+        rollups: defaultdict[tuple[int, int], _Rollup],
+    ) -> None:
+        """Merge the batch (sorted by (ts_us, hash)) into ``rows``, adding its new sessions."""
+        for e in in_order:
             key = (self._sensor_ids[e.sensor], e.session)
             row = rows.get(key)
             if row is None:
                 row = rows[key] = _SessionRow(_new_session(key, e), True)
+                row.values["id"] = new_ids[key]
             _merge_event(row, e)
         for row in rows.values():
             if not row.touched:
@@ -439,16 +502,6 @@ class BatchWriter:
             elif row.old_start_ts_us // US_PER_HOUR != new_hour:
                 rollups[(sensor_id, row.old_start_ts_us // US_PER_HOUR)].sessions -= 1
                 rollups[(sensor_id, new_hour)].sessions += 1
-        ids = self._save_sessions(rows)
-        self._raise_longest_sessions(rows.values())
-        stored = [
-            _StoredSession(
-                r.values["sensor_id"], r.values["id"], r.old_start_ts_us, r.old_end_ts_us
-            )
-            for r in rows.values()
-            if r.old_start_ts_us is not None and r.old_end_ts_us is not None
-        ]
-        return ids, stored
 
     def _raise_longest_sessions(self, rows: Iterable[_SessionRow]) -> None:
         """Keep ``sensors.max_session_us`` at least the longest session of each sensor.
@@ -473,41 +526,21 @@ class BatchWriter:
         )
         self._longest_session.update(longest)
 
-    def _save_sessions(
-        self, rows: dict[tuple[int, str], _SessionRow]
-    ) -> dict[tuple[int, str], int]:
-        new = [row for row in rows.values() if row.is_new]
-        columns = SESSION_COLUMNS
-        if self.conn.dialect.name == "postgresql":
-            self._assign_session_ids(new)
-        else:
-            columns = [c for c in SESSION_COLUMNS if c != "id"]  # SQLite's rowid assigns it
-        new_rows = [tuple(row.values[c] for c in columns) for row in new]
-        _bulk_insert(self.conn, SESSIONS, columns, new_rows)
-        changed = [r.values for r in rows.values() if not r.is_new and r.touched]
-        self._update_sessions(changed)
-        ids = {key: row.values["id"] for key, row in rows.items() if row.values["id"] is not None}
-        missing = [key for key in rows if key not in ids]
-        id_columns = [SESSIONS.c.id, SESSIONS.c.sensor_id, SESSIONS.c.session]
-        for row in self._sessions_of(missing, id_columns):
-            ids[(row["sensor_id"], row["session"])] = row["id"]
-        return ids
-
-    def _assign_session_ids(self, new: list[_SessionRow]) -> None:
-        """Take ids for new sessions from their sequence before the COPY.
-
-        One round trip instead of reading the ids back by (sensor, session)
-        after the insert, which cost a query per 500 sessions.
-        """
-        if not new:
-            return
-        cursor = _dbapi_cursor(self.conn)
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence('sessions', 'id')) FROM generate_series(1, %s)",
-            [len(new)],
-        )
-        for row, (session_id,) in zip(new, cursor, strict=True):
-            row.values["id"] = session_id
+    def _save_sessions(self, rows: dict[tuple[int, str], _SessionRow]) -> list[_StoredSession]:
+        """Insert the new sessions, update the changed ones; the sessions stored before."""
+        new_rows = [
+            tuple(row.values[c] for c in SESSION_COLUMNS) for row in rows.values() if row.is_new
+        ]
+        _bulk_insert(self.conn, SESSIONS, SESSION_COLUMNS, new_rows)
+        self._update_sessions([r.values for r in rows.values() if not r.is_new and r.touched])
+        self._raise_longest_sessions(rows.values())
+        return [
+            _StoredSession(
+                r.values["sensor_id"], r.values["id"], r.old_start_ts_us, r.old_end_ts_us
+            )
+            for r in rows.values()
+            if r.old_start_ts_us is not None and r.old_end_ts_us is not None
+        ]
 
     def _update_sessions(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -538,19 +571,20 @@ class BatchWriter:
 
     # -- per-event tables and rollups ---------------------------------------------
 
-    def _store_details(
+    def _detail_rows(
         self,
         fresh: list[ParsedEvent],
-        session_ids: dict[tuple[int, str], int],
-        stored_sessions: list[_StoredSession],
+        sessions: dict[tuple[int, str], _SessionRow],
         rollups: defaultdict[tuple[int, int], _Rollup],
-    ) -> None:
+    ) -> list[list[tuple[Any, ...]]]:
+        """Rows of login_attempts, commands and downloads (flags not yet); counts the rollups."""
         logins: list[tuple[Any, ...]] = []
         commands: list[tuple[Any, ...]] = []
         downloads: list[tuple[Any, ...]] = []
         for e in fresh:
             sensor_id = self._sensor_ids[e.sensor]
-            common = (e.hash, sensor_id, session_ids[(sensor_id, e.session)], e.ts_us)
+            session_id = sessions[(sensor_id, e.session)].values["id"]
+            common = (e.hash, sensor_id, session_id, e.ts_us)
             bucket = rollups[(sensor_id, e.ts_us // US_PER_HOUR)]
             bucket.saw(e.ts_us)
             if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
@@ -564,12 +598,14 @@ class BatchWriter:
             elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
                 downloads.append((*common, e.shasum, e.url, e.outfile))
                 bucket.downloads += 1
+        return [logins, commands, downloads]
+
+    def _store_details(
+        self, details: list[list[tuple[Any, ...]]], stored_sessions: list[_StoredSession]
+    ) -> None:
+        """Flag first uses, insert the rows and add them to the daily values."""
         daily = _DailyValues()
-        for table, columns, rows in (
-            (LOGIN_ATTEMPTS, LOGIN_COLUMNS, logins),
-            (COMMANDS, COMMAND_COLUMNS, commands),
-            (DOWNLOADS, DOWNLOAD_COLUMNS, downloads),
-        ):
+        for (table, columns), rows in zip(DETAIL_TABLES, details, strict=True):
             flagged = self._with_first_use_flags(table, columns, rows, stored_sessions, daily)
             _bulk_insert(self.conn, table, columns, flagged)
             daily.add_rows(table.name, columns, flagged)
