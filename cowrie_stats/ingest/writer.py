@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -85,6 +86,10 @@ DETAIL_TABLES = [
     (COMMANDS, COMMAND_COLUMNS),
     (DOWNLOADS, DOWNLOAD_COLUMNS),
 ]
+
+
+# The order a batch is merged in: (ts_us, hash), as a C-level key function.
+MERGE_ORDER = operator.attrgetter("ts_us", "hash")
 
 
 @dataclass(frozen=True)
@@ -198,16 +203,7 @@ class _SessionRow:
     is_new: bool
     old_start_ts_us: int | None = None
     old_end_ts_us: int | None = None
-    touched: set[str] = field(default_factory=set)
-
-    def key(self, name: str) -> tuple[int, bytes] | None:
-        ts = self.values.get(f"{name}_ts_us")
-        digest = self.values.get(f"{name}_hash")
-        return None if ts is None or digest is None else (ts, digest)
-
-    def set(self, **values: Any) -> None:
-        self.values.update(values)
-        self.touched.update(values)
+    touched: bool = False  # an event of the batch was merged into it
 
 
 def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -345,7 +341,7 @@ class BatchWriter:
     def _store(self, fresh: list[ParsedEvent]) -> None:
         self._ensure_sensors(fresh)
         ids = self._sensor_ids
-        in_order = sorted(fresh, key=lambda ev: (ev.ts_us, ev.hash))
+        in_order = sorted(fresh, key=MERGE_ORDER)
         sessions = self._load_sessions({(ids[e.sensor], e.session) for e in in_order})
         new_ids = self._new_session_ids(in_order, sessions)
         rows = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
@@ -823,39 +819,49 @@ def _new_session(key: tuple[int, str], e: ParsedEvent) -> dict[str, Any]:
     return values
 
 
-def _before(candidate: tuple[int, bytes], current: tuple[int, bytes] | None) -> bool:
-    return current is None or candidate < current
+def _precedes(key: tuple[int, bytes], ts_us: int | None, digest: bytes | None) -> bool:
+    """Whether the event ordered by ``key`` comes before the event (ts_us, digest), if any."""
+    return ts_us is None or digest is None or key < (ts_us, digest)
 
 
 def _merge_event(row: _SessionRow, e: ParsedEvent) -> None:
-    """Fold one new event into its session; the result is independent of order."""
+    """Fold one new event into its session; the result is independent of order.
+
+    The hot loop of the writer (one call per event): plain dict stores, and the
+    ordering keys of a field group are only read for the events that can set it.
+    """
     v = row.values
-    key = (e.ts_us, e.hash)
+    row.touched = True
+    ts_us, eventid = e.ts_us, e.eventid
+    key = (ts_us, e.hash)
     if key < (v["start_ts_us"], v["start_hash"]):
-        row.set(start_ts_us=e.ts_us, start_hash=e.hash)
-    if e.ts_us > v["end_ts_us"]:
-        row.set(end_ts_us=e.ts_us)
-    if e.src_ip is not None and _before(key, row.key("src_ip")):
-        row.set(src_ip=e.src_ip, src_port=e.src_port, src_ip_ts_us=e.ts_us, src_ip_hash=e.hash)
-    if e.eventid == SESSION_CONNECT and _before(key, row.key("connect")):
-        protocol = e.protocol if e.protocol in PROTOCOLS else "unknown"
-        row.set(protocol=protocol, dst_port=e.dst_port, connect_ts_us=e.ts_us, connect_hash=e.hash)
-    elif e.eventid == SESSION_CLOSED:
-        current = row.key("closed")
-        if current is None or key > current:
-            row.set(duration_s=e.duration_s, closed_ts_us=e.ts_us, closed_hash=e.hash)
-    elif e.eventid == CLIENT_VERSION and _before(key, row.key("version")):
-        row.set(client_version=e.client_version, version_ts_us=e.ts_us, version_hash=e.hash)
-    row.set(events=v["events"] + 1)
-    if e.eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
-        success = int(e.eventid == LOGIN_SUCCESS)
-        row.set(
-            login_attempts=v["login_attempts"] + 1, login_successes=v["login_successes"] + success
-        )
-    elif e.eventid == COMMAND_INPUT:
-        row.set(commands=v["commands"] + 1)
-    elif e.eventid == FILE_DOWNLOAD and e.shasum is not None:
-        row.set(downloads=v["downloads"] + 1)
+        v["start_ts_us"], v["start_hash"] = key
+    if ts_us > v["end_ts_us"]:
+        v["end_ts_us"] = ts_us
+    if e.src_ip is not None and _precedes(key, v["src_ip_ts_us"], v["src_ip_hash"]):
+        v.update(src_ip=e.src_ip, src_port=e.src_port, src_ip_ts_us=ts_us, src_ip_hash=e.hash)
+    v["events"] += 1
+    if eventid == SESSION_CONNECT:
+        if _precedes(key, v["connect_ts_us"], v["connect_hash"]):
+            protocol = e.protocol if e.protocol in PROTOCOLS else "unknown"
+            v.update(
+                protocol=protocol, dst_port=e.dst_port, connect_ts_us=ts_us, connect_hash=e.hash
+            )
+    elif eventid == SESSION_CLOSED:
+        # The duration is the last close's (shared/COUNTING.md, rule 4).
+        closed_ts, closed_hash = v["closed_ts_us"], v["closed_hash"]
+        if closed_ts is None or closed_hash is None or key > (closed_ts, closed_hash):
+            v.update(duration_s=e.duration_s, closed_ts_us=ts_us, closed_hash=e.hash)
+    elif eventid == CLIENT_VERSION:
+        if _precedes(key, v["version_ts_us"], v["version_hash"]):
+            v.update(client_version=e.client_version, version_ts_us=ts_us, version_hash=e.hash)
+    elif eventid in (LOGIN_FAILED, LOGIN_SUCCESS):
+        v["login_attempts"] += 1
+        v["login_successes"] += eventid == LOGIN_SUCCESS
+    elif eventid == COMMAND_INPUT:
+        v["commands"] += 1
+    elif eventid == FILE_DOWNLOAD and e.shasum is not None:
+        v["downloads"] += 1
 
 
 __all__ = [
