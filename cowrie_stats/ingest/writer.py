@@ -186,6 +186,11 @@ class _DailyValues:
             figures[1] -= 1
 
 
+# A stored row of a detail table with its flags:
+# (sensor_id, session_id, ts_us, event_hash, value, flag, ...).
+_FlaggedRow = tuple[Any, ...]
+
+
 class _StoredSession(NamedTuple):
     """A session as stored before the batch: its rows lie between ``low`` and ``high``."""
 
@@ -344,14 +349,24 @@ class BatchWriter:
         in_order = sorted(fresh, key=MERGE_ORDER)
         sessions = self._load_sessions({(ids[e.sensor], e.session) for e in in_order})
         new_ids = self._new_session_ids(in_order, sessions)
+        stored_first = self._stored_first_rows(sessions)
         rows = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
         rollups: defaultdict[tuple[int, int], _Rollup] = defaultdict(_Rollup)
+        daily = _DailyValues()
         with self._inserting(EVENTS, EVENT_COLUMNS, rows):
             # Python only in here: PostgreSQL stores the events meanwhile.
             self._merge_sessions(in_order, sessions, new_ids, rollups)
-            details = self._detail_rows(fresh, sessions, rollups)
-        continuing = self._save_sessions(sessions)
-        self._store_details(details, continuing)
+            details = [
+                _with_first_use_flags(table, columns, rows, stored_first[table.name], daily)
+                for (table, columns), rows in zip(
+                    DETAIL_TABLES, self._detail_rows(fresh, sessions, rollups), strict=True
+                )
+            ]
+        self._save_sessions(sessions)
+        for (table, columns), (flagged, unflag) in zip(DETAIL_TABLES, details, strict=True):
+            self._unflag(table, unflag)
+            _bulk_insert(self.conn, table, columns, flagged)
+        self._add_daily_values(daily)
         self._add_rollups(rollups)
 
     @contextmanager
@@ -522,21 +537,14 @@ class BatchWriter:
         )
         self._longest_session.update(longest)
 
-    def _save_sessions(self, rows: dict[tuple[int, str], _SessionRow]) -> list[_StoredSession]:
-        """Insert the new sessions, update the changed ones; the sessions stored before."""
+    def _save_sessions(self, rows: dict[tuple[int, str], _SessionRow]) -> None:
+        """Insert the new sessions and update the changed ones."""
         new_rows = [
             tuple(row.values[c] for c in SESSION_COLUMNS) for row in rows.values() if row.is_new
         ]
         _bulk_insert(self.conn, SESSIONS, SESSION_COLUMNS, new_rows)
         self._update_sessions([r.values for r in rows.values() if not r.is_new and r.touched])
         self._raise_longest_sessions(rows.values())
-        return [
-            _StoredSession(
-                r.values["sensor_id"], r.values["id"], r.old_start_ts_us, r.old_end_ts_us
-            )
-            for r in rows.values()
-            if r.old_start_ts_us is not None and r.old_end_ts_us is not None
-        ]
 
     def _update_sessions(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -596,127 +604,61 @@ class BatchWriter:
                 bucket.downloads += 1
         return [logins, commands, downloads]
 
-    def _store_details(
-        self, details: list[list[tuple[Any, ...]]], stored_sessions: list[_StoredSession]
-    ) -> None:
-        """Flag first uses, insert the rows and add them to the daily values."""
-        daily = _DailyValues()
-        for (table, columns), rows in zip(DETAIL_TABLES, details, strict=True):
-            flagged = self._with_first_use_flags(table, columns, rows, stored_sessions, daily)
-            _bulk_insert(self.conn, table, columns, flagged)
-            daily.add_rows(table.name, columns, flagged)
-        self._add_daily_values(daily)
-
     # -- first-use flags ------------------------------------------------------------
 
-    def _with_first_use_flags(
-        self,
-        table: Table,
-        columns: Sequence[str],
-        rows: list[tuple[Any, ...]],
-        stored_sessions: list[_StoredSession],
-        daily: _DailyValues,
-    ) -> list[tuple[Any, ...]]:
-        """``rows`` (event_hash, sensor_id, session_id, ts_us, ...) with their flags appended.
+    def _stored_first_rows(
+        self, sessions: dict[tuple[int, str], _SessionRow]
+    ) -> dict[str, list[_FlaggedRow]]:
+        """Per detail table, the flagged rows stored before for the batch's stored sessions.
 
-        A row is flagged for a value when it is the first row of its session with
-        that value, by (ts_us, event_hash), counting the rows stored before: a
-        stored first row that a new row precedes loses its flag. Order-independent,
-        like the session merge, so any split of the logs into files and batches
-        flags the same rows.
+        Read before the batch is merged, so that its flags can be settled while
+        the events are being stored. A stored session's rows lie between its
+        stored start and end on its sensor: each is a short range of the
+        (sensor_id, ts_us) index.
         """
-        pairs = FIRST_USE_FLAGS[table.name]
-        positions = [columns.index(value) for value, _ in pairs]
-        first: dict[tuple[int, int, Any], tuple[int, bytes]] = {}
-        for row in rows:
-            order = (row[3], row[0])
-            for pair, position in enumerate(positions):
-                if row[position] is None:
-                    continue
-                key = (pair, row[2], row[position])
-                known = first.get(key)
-                if known is None or order < known:
-                    first[key] = order
-        sessions_here = {row[2] for row in rows}
-        earlier = [s for s in stored_sessions if s.session_id in sessions_here]
-        if earlier:
-            self._settle_with_stored_rows(table, pairs, earlier, first, daily)
-        return [
-            (
-                *row,
-                *(
-                    row[position] is not None
-                    and first.get((pair, row[2], row[position])) == (row[3], row[0])
-                    for pair, position in enumerate(positions)
-                ),
-            )
-            for row in rows
+        stored = [
+            _StoredSession(row.values["sensor_id"], row.values["id"], low, high)
+            for row in sessions.values()
+            if (low := row.old_start_ts_us) is not None and (high := row.old_end_ts_us) is not None
         ]
+        found: dict[str, list[_FlaggedRow]] = {table.name: [] for table, _ in DETAIL_TABLES}
+        if not stored:
+            return found
+        for table, _ in DETAIL_TABLES:
+            pairs = FIRST_USE_FLAGS[table.name]
+            selected = ", ".join(f"t.{value}, t.{flag}" for value, flag in pairs)
+            any_flag = " OR ".join(f"t.{flag}" for _, flag in pairs)
+            rows: Iterable[Sequence[Any]]
+            if self.conn.dialect.name == "postgresql":
+                cursor = _dbapi_cursor(self.conn)
+                cursor.execute(
+                    f"SELECT t.sensor_id, t.session_id, t.ts_us, t.event_hash, {selected}"
+                    " FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::bigint[])"
+                    " AS k(sensor_id, session_id, low, high)"
+                    f" CROSS JOIN LATERAL (SELECT * FROM {table.name} t"
+                    "  WHERE t.sensor_id = k.sensor_id AND t.ts_us BETWEEN k.low AND k.high"
+                    f"  AND t.session_id = k.session_id AND ({any_flag})) t",
+                    [list(column) for column in zip(*stored, strict=True)],
+                )
+                rows = cursor.fetchall()
+            else:
+                query = text(
+                    f"SELECT t.sensor_id, t.session_id, t.ts_us, t.event_hash, {selected}"
+                    f" FROM {table.name} t WHERE t.sensor_id = :sensor_id"
+                    " AND t.ts_us BETWEEN :low AND :high"
+                    f" AND t.session_id = :session_id AND ({any_flag})"
+                )
+                rows = [r for s in stored for r in self.conn.execute(query, s._asdict()).all()]
+            found[table.name] = [tuple(row) for row in rows]
+        return found
 
-    def _settle_with_stored_rows(
-        self,
-        table: Table,
-        pairs: Sequence[tuple[str, str]],
-        sessions: list[_StoredSession],
-        first: dict[tuple[int, int, Any], tuple[int, bytes]],
-        daily: _DailyValues,
-    ) -> None:
-        """Compare the batch's first rows with those already stored for the same sessions.
-
-        Where a stored row comes first, the batch has no first row for that key;
-        where the batch's comes first, the stored row is unflagged.
-        """
-        unflag: list[list[bytes]] = [[] for _ in pairs]
-        sensor_of = {session.session_id: session.sensor_id for session in sessions}
-        for session_id, ts_us, event_hash, *values in self._stored_first_rows(
-            table, pairs, sessions
-        ):
-            for pair, (value, flagged) in enumerate(zip(values[::2], values[1::2], strict=True)):
-                key = (pair, session_id, value)
-                if not flagged or key not in first:
-                    continue
-                if first[key] < (ts_us, event_hash):
-                    unflag[pair].append(event_hash)
-                    daily.unflag(pairs[pair][0], sensor_of[session_id], value, ts_us)
-                else:
-                    del first[key]
-        for (_, flag), hashes in zip(pairs, unflag, strict=True):
+    def _unflag(self, table: Table, unflag: list[list[bytes]]) -> None:
+        """Clear the flags of stored rows that a row of the batch precedes."""
+        for (_, flag), hashes in zip(FIRST_USE_FLAGS[table.name], unflag, strict=True):
             for chunk in _chunks(hashes):
                 self.conn.execute(
                     update(table).where(table.c.event_hash.in_(chunk)).values({flag: False})
                 )
-
-    def _stored_first_rows(
-        self, table: Table, pairs: Sequence[tuple[str, str]], sessions: list[_StoredSession]
-    ) -> Iterable[Sequence[Any]]:
-        """(session_id, ts_us, event_hash, value, flag, ...) of the sessions' flagged rows.
-
-        A stored session's rows lie between its stored start and end on its
-        sensor, so each is a short range of the (sensor_id, ts_us) index.
-        """
-        selected = ", ".join(f"t.{value}, t.{flag}" for value, flag in pairs)
-        any_flag = " OR ".join(f"t.{flag}" for _, flag in pairs)
-        if self.conn.dialect.name == "postgresql":
-            cursor = _dbapi_cursor(self.conn)
-            cursor.execute(
-                f"SELECT t.session_id, t.ts_us, t.event_hash, {selected}"
-                " FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::bigint[])"
-                " AS k(sensor_id, session_id, low, high)"
-                f" CROSS JOIN LATERAL (SELECT * FROM {table.name} t"
-                "  WHERE t.sensor_id = k.sensor_id AND t.ts_us BETWEEN k.low AND k.high"
-                f"  AND t.session_id = k.session_id AND ({any_flag})) t",
-                [list(column) for column in zip(*sessions, strict=True)],
-            )
-            found: list[Sequence[Any]] = cursor.fetchall()
-            return found
-        query = text(
-            f"SELECT t.session_id, t.ts_us, t.event_hash, {selected} FROM {table.name} t"
-            " WHERE t.sensor_id = :sensor_id AND t.ts_us BETWEEN :low AND :high"
-            f" AND t.session_id = :session_id AND ({any_flag})"
-        )
-        return [
-            row for session in sessions for row in self.conn.execute(query, session._asdict()).all()
-        ]
 
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
@@ -745,8 +687,6 @@ class BatchWriter:
         stmt: Any = _dialect_insert(self.conn, DAILY_VALUES)
         parameters: list[dict[str, Any]] | None = None
         if self.conn.dialect.name == "postgresql":
-            # COPY and one set-based upsert: a batch adds thousands of value-days,
-            # too many for a statement per row.
             staged = _staged(self.conn, "daily_batch", DAILY_VALUES, columns, rows)
             stmt = stmt.from_select(columns, select(*staged.c))
         else:
@@ -799,6 +739,62 @@ def load_cursor(conn: Connection, head_hash: bytes) -> tuple[int, int, bytes] | 
         select(c.offset, c.line_no, c.tail_hash).where(c.head_hash == head_hash)
     ).first()
     return None if row is None else (row[0], row[1], row[2])
+
+
+def _with_first_use_flags(
+    table: Table,
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    stored_first: list[_FlaggedRow],
+    daily: _DailyValues,
+) -> tuple[list[tuple[Any, ...]], list[list[bytes]]]:
+    """``rows`` (event_hash, sensor_id, session_id, ts_us, ...) with their flags appended,
+    and per flag the stored rows that lose it; counts the rows into ``daily``.
+
+    A row is flagged for a value when it is the first row of its session with
+    that value, by (ts_us, event_hash), counting the rows stored before: a
+    stored first row that a new row precedes loses its flag. Order-independent,
+    like the session merge, so any split of the logs into files and batches
+    flags the same rows.
+    """
+    pairs = FIRST_USE_FLAGS[table.name]
+    positions = [columns.index(value) for value, _ in pairs]
+    first: dict[tuple[int, int, Any], tuple[int, bytes]] = {}
+    for row in rows:
+        order = (row[3], row[0])
+        for pair, position in enumerate(positions):
+            if row[position] is None:
+                continue
+            key = (pair, row[2], row[position])
+            known = first.get(key)
+            if known is None or order < known:
+                first[key] = order
+    unflag: list[list[bytes]] = [[] for _ in pairs]
+    # Where a stored row comes first, the batch has no first row for that key;
+    # where the batch's comes first, the stored row is unflagged.
+    for sensor_id, session_id, ts_us, event_hash, *values in stored_first:
+        for pair, (value, flagged) in enumerate(zip(values[::2], values[1::2], strict=True)):
+            key = (pair, session_id, value)
+            if not flagged or key not in first:
+                continue
+            if first[key] < (ts_us, event_hash):
+                unflag[pair].append(event_hash)
+                daily.unflag(pairs[pair][0], sensor_id, value, ts_us)
+            else:
+                del first[key]
+    flagged = [
+        (
+            *row,
+            *(
+                row[position] is not None
+                and first.get((pair, row[2], row[position])) == (row[3], row[0])
+                for pair, position in enumerate(positions)
+            ),
+        )
+        for row in rows
+    ]
+    daily.add_rows(table.name, columns, flagged)
+    return flagged, unflag
 
 
 def _new_session(key: tuple[int, str], e: ParsedEvent) -> dict[str, Any]:
