@@ -219,6 +219,13 @@ def table(report: dict[str, Any]) -> str:
             f"  storage floor, 2 connections {floor['two_connections']['events_per_second']:>10.0f}"
             " ev/s   (no client work at all)"
         )
+        cpu = ingest["cpu_us_per_event"]
+        lines.append(
+            f"  CPU per event: ingest process {cpu['ingest_process']:.1f} µs, parse workers"
+            f" {cpu['parse_workers']:.1f} µs, PostgreSQL {cpu['postgres']:.1f} µs ="
+            f" {cpu['total']:.1f} µs: all cores busy would allow"
+            f" {ingest['cpu_bound_events_per_second']:.0f} ev/s"
+        )
     query = report.get("query")
     if query:
         data = query["data"]

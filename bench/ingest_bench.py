@@ -40,6 +40,7 @@ from bench import generate
 
 REPO = Path(__file__).resolve().parent.parent
 COPY_CHUNK = 1 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Raw lines go through CSV COPY with quote/delimiter bytes that JSON never contains
 # unescaped, so the bytes are stored exactly as read.
 COPY_SQL = "COPY raw_copy (line) FROM STDIN (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
@@ -66,14 +67,33 @@ class IngestRun:
     ingest_seconds: float
     peak_rss_mb: float
     peak_tree_pss_mb: float
+    # CPU seconds: the ingest process tree (exact, from wait4: it reaps its
+    # helpers, which reap the workers), the ingest process alone and the
+    # PostgreSQL processes of its database (both sampled every 0.1 s).
+    cpu_seconds: dict[str, float]
     summary: dict[str, Any]
 
     @property
     def events_per_second(self) -> float:
         return self.summary["lines_read"] / self.ingest_seconds if self.ingest_seconds else 0.0
 
+    def cpu_us_per_event(self) -> dict[str, float]:
+        """CPU per event: ingest process, parse workers (and helpers), PostgreSQL, total."""
+        events = self.summary["lines_read"] or 1
+        cpu = self.cpu_seconds
+        parts = {
+            "ingest_process": cpu["ingest_process"],
+            "parse_workers": max(cpu["ingest_tree"] - cpu["ingest_process"], 0.0),
+            "postgres": cpu["postgres"],
+        }
+        parts["total"] = sum(parts.values())
+        return {name: round(seconds / events * 1e6, 2) for name, seconds in parts.items()}
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"events_per_second": round(self.events_per_second, 1)}
+        return asdict(self) | {
+            "events_per_second": round(self.events_per_second, 1),
+            "cpu_us_per_event": self.cpu_us_per_event(),
+        }
 
 
 def fresh_database(admin_url: str, app_url: str, prefix: str) -> tuple[str, str]:
@@ -112,7 +132,7 @@ def run_ingest(url: str, path: Path, events_in_file: int) -> IngestRun:
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(url), cwd=REPO
     )
-    tree = TreeMemory(proc.pid)
+    tree = TreeSampler(proc.pid, database=url.rsplit("/", 1)[1])
     tree.start()
     stdout, stderr = _drain(proc)
     tree.stop()
@@ -128,17 +148,30 @@ def run_ingest(url: str, path: Path, events_in_file: int) -> IngestRun:
         ingest_seconds=float(summary["seconds"]),
         peak_rss_mb=round(usage.ru_maxrss / 1024, 1),  # KiB on Linux
         peak_tree_pss_mb=round(tree.peak_kb / 1024, 1),
+        cpu_seconds={
+            "ingest_tree": round(usage.ru_utime + usage.ru_stime, 3),
+            "ingest_process": round(tree.cpu_seconds(proc.pid), 3),
+            "postgres": round(tree.postgres_cpu_seconds(), 3),
+        },
         summary=summary,
     )
 
 
-class TreeMemory:
-    """Samples the summed PSS of a process and all its descendants; keeps the peak."""
+class TreeSampler:
+    """Samples a process tree: the peak of its summed PSS, and CPU time per process.
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    Also the CPU time of the PostgreSQL processes serving ``database`` (those
+    whose title names it: the ingest's backend, autovacuum workers).
+    """
+
+    def __init__(self, pid: int, database: str, interval: float = 0.1) -> None:
         self.pid = pid
         self.interval = interval
         self.peak_kb = 0
+        self._title = f" {database} "
+        self._ticks: dict[int, int] = {}
+        self._postgres: set[int] = set()
+        self._before = self._postgres_ticks()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -149,22 +182,61 @@ class TreeMemory:
         self._done.set()
         self._thread.join()
 
+    def cpu_seconds(self, pid: int) -> float:
+        return self._ticks.get(pid, 0) / CLOCK_TICKS
+
+    def postgres_cpu_seconds(self) -> float:
+        ticks = sum(self._ticks.get(pid, 0) - self._before.get(pid, 0) for pid in self._postgres)
+        return ticks / CLOCK_TICKS
+
     def _loop(self) -> None:
         while not self._done.wait(self.interval):
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in _tree(self.pid)))
+            processes = _processes()
+            tree = _tree(self.pid, processes)
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in tree))
+            for pid in tree:
+                self._ticks[pid] = processes[pid].cpu_ticks
+            for pid, ticks in self._postgres_ticks(processes).items():
+                self._postgres.add(pid)
+                self._ticks[pid] = ticks
+
+    def _postgres_ticks(self, processes: dict[int, _Process] | None = None) -> dict[int, int]:
+        found = processes if processes is not None else _processes()
+        return {
+            pid: process.cpu_ticks
+            for pid, process in found.items()
+            if process.title.startswith("postgres") and self._title in process.title
+        }
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants, from each process's parent in /proc/PID/stat."""
-    children: dict[int, list[int]] = {}
+@dataclass
+class _Process:
+    parent: int
+    cpu_ticks: int  # user + system, in clock ticks
+    title: str
+
+
+def _processes() -> dict[int, _Process]:
+    """Every process: its parent, CPU time and title (from /proc/PID/stat and cmdline)."""
+    found: dict[int, _Process] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
             continue  # the process ended while we looked
-        children.setdefault(parent, []).append(int(entry.name))
+        # After the name: state, ppid, ... utime (14th field of stat) and stime (15th).
+        found[int(entry.name)] = _Process(int(fields[1]), int(fields[11]) + int(fields[12]), title)
+    return found
+
+
+def _tree(root: int, processes: dict[int, _Process]) -> list[int]:
+    """``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, process in processes.items():
+        children.setdefault(process.parent, []).append(pid)
     found, queue = [], [root]
     while queue:
         pid = queue.pop()
@@ -327,6 +399,12 @@ def run(admin_url: str, app_url: str, workdir: Path, events: int, seed: int) -> 
         "reingest_new_file_same_events": dedup.as_dict(),
         "copy": copy,
         "storage_floor": floor,
+        # What the whole pipeline costs in CPU per event, and the rate that cost
+        # allows on this machine's cores even if every core were busy all the time.
+        "cpu_us_per_event": large.cpu_us_per_event(),
+        "cpu_bound_events_per_second": round(
+            (os.cpu_count() or 1) * 1e6 / large.cpu_us_per_event()["total"], 1
+        ),
         "floor_ratio": round(
             large.events_per_second / floor["one_connection"]["events_per_second"], 4
         )

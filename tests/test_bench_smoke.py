@@ -47,6 +47,12 @@ def test_bench_harness_smoke(
     for load in ingest["storage_floor"].values():
         assert load["events_loaded"] == 2000 and load["events_per_second"] > 0
     assert ingest["floor_ratio"] > 0
+    # CPU is accounted for the ingest, its workers and its PostgreSQL backend (sampled
+    # every 0.1 s: at this size the backend may end between two samples).
+    cpu = ingest["cpu_us_per_event"]
+    assert cpu["ingest_process"] > 0 and cpu["postgres"] >= 0
+    assert cpu["total"] >= cpu["ingest_process"] + cpu["postgres"]
+    assert ingest["cpu_bound_events_per_second"] > 0
     assert set(ingest["peak_rss_mb"]) == {"small", "large"}
     # The sampled tree includes the ingest process itself: never less than a Python process.
     assert all(mb > 10 for mb in ingest["peak_tree_pss_mb"].values())
