@@ -49,12 +49,11 @@ from cowrie_stats.db.models import (
     SENSORS,
     SESSIONS,
     US_PER_DAY,
+    US_PER_HOUR,
     Base,
 )
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from cowrie_stats.validation import MAX_BUCKETS, Filters, Window
-
-US_PER_HOUR = 3_600_000_000
 
 
 def _timestamp(ts_us: int | None) -> Timestamp | None:

@@ -203,13 +203,18 @@ class Download(Base):
     )
 
 
+# Units of the rollup keys: hourly_rollups.hour and daily_values.day.
+US_PER_HOUR = 3_600_000_000
+US_PER_DAY = 86_400_000_000
+
+
 class HourlyRollup(Base):
     """Additive counters per sensor and UTC hour, maintained by the ingest."""
 
     __tablename__ = "hourly_rollups"
 
     sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"), primary_key=True)
-    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // 3600e6
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // US_PER_HOUR
     sessions: Mapped[int] = mapped_column(BigInteger, default=0)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
     login_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -252,7 +257,6 @@ class DailyValue(Base):
 
 # daily_values.kind of each ranked value column
 DAILY_KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4}
-US_PER_DAY = 86_400_000_000
 
 
 class DataVersion(Base):

@@ -48,6 +48,7 @@ from cowrie_stats.db.models import (
     SENSORS,
     SESSIONS,
     US_PER_DAY,
+    US_PER_HOUR,
 )
 from cowrie_stats.ingest.batch import DeadLetterRecord
 from cowrie_stats.ingest.parse import (
@@ -63,7 +64,6 @@ from cowrie_stats.ingest.parse import (
     ParsedEvent,
 )
 
-US_PER_HOUR = 3_600_000_000
 INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
 IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
 
