@@ -47,6 +47,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -95,18 +96,33 @@ def _first_flag() -> Mapped[bool]:
     return mapped_column(Boolean, server_default=false())
 
 
+def _time_ordered_key(table: str, digest: str) -> PrimaryKeyConstraint:
+    """The primary key of a per-event table: (ts_us, hash), not the hash alone.
+
+    The hash identifies an event and it covers the timestamp, so the pair is
+    unique exactly when the hash is. Logs arrive roughly in time order, so new
+    keys land at the right edge of the index instead of on random pages: once
+    the index outgrows shared buffers, random keys cost PostgreSQL about twice
+    the time per row (docs/performance.md, session 6).
+    """
+    return PrimaryKeyConstraint("ts_us", digest, name=f"pk_{table}")
+
+
 class Event(Base):
     __tablename__ = "events"
 
-    hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     sensor_id: Mapped[int] = mapped_column(Integer)
     session: Mapped[str] = mapped_column(Text)
     eventid: Mapped[str] = mapped_column(Text)
     ts_us: Mapped[int] = mapped_column(BigInteger)
     raw: Mapped[str] = mapped_column(Text)
 
-    # Sensor event counts over partial hours of a window.
-    __table_args__ = (Index("ix_events_sensor_ts", "sensor_id", "ts_us"),)
+    __table_args__ = (
+        _time_ordered_key("events", "hash"),
+        # Sensor event counts over partial hours of a window.
+        Index("ix_events_sensor_ts", "sensor_id", "ts_us"),
+    )
 
 
 class Session(Base):
@@ -153,7 +169,7 @@ class Session(Base):
 class LoginAttempt(Base):
     __tablename__ = "login_attempts"
 
-    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     sensor_id: Mapped[int] = mapped_column(Integer)
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
@@ -164,6 +180,7 @@ class LoginAttempt(Base):
     password_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
+        _time_ordered_key("login_attempts", "event_hash"),
         Index("ix_login_attempts_ts", "ts_us"),
         Index("ix_login_attempts_sensor_ts", "sensor_id", "ts_us"),
     )
@@ -172,7 +189,7 @@ class LoginAttempt(Base):
 class Command(Base):
     __tablename__ = "commands"
 
-    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     sensor_id: Mapped[int] = mapped_column(Integer)
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
@@ -180,6 +197,7 @@ class Command(Base):
     input_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
+        _time_ordered_key("commands", "event_hash"),
         Index("ix_commands_ts", "ts_us"),
         Index("ix_commands_sensor_ts", "sensor_id", "ts_us"),
     )
@@ -188,7 +206,7 @@ class Command(Base):
 class Download(Base):
     __tablename__ = "downloads"
 
-    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     sensor_id: Mapped[int] = mapped_column(Integer)
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
@@ -198,6 +216,7 @@ class Download(Base):
     shasum_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
+        _time_ordered_key("downloads", "event_hash"),
         Index("ix_downloads_ts", "ts_us"),
         Index("ix_downloads_sensor_ts", "sensor_id", "ts_us"),
     )

@@ -28,6 +28,7 @@ from sqlalchemy import (
     select,
     sql,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -189,6 +190,8 @@ class _DailyValues:
 # A stored row of a detail table with its flags:
 # (sensor_id, session_id, ts_us, event_hash, value, flag, ...).
 _FlaggedRow = tuple[Any, ...]
+# The primary key of a row of a per-event table: (ts_us, event hash).
+_RowKey = tuple[int, bytes]
 
 
 class _StoredSession(NamedTuple):
@@ -311,7 +314,7 @@ class BatchWriter:
                 result.duplicates += 1
             else:
                 unique[event.hash] = event
-        existing = self._existing_hashes(list(unique))
+        existing = self._existing_hashes(unique.values())
         result.duplicates += len(existing)
         fresh = [event for digest, event in unique.items() if digest not in existing]
         if fresh:
@@ -329,18 +332,26 @@ class BatchWriter:
 
     # -- events -----------------------------------------------------------------
 
-    def _existing_hashes(self, hashes: list[bytes]) -> set[bytes]:
+    def _existing_hashes(self, events: Collection[ParsedEvent]) -> set[bytes]:
+        """The hashes of ``events`` already stored, looked up by the key (ts_us, hash)."""
+        keys = [(e.ts_us, e.hash) for e in events]
         if self.conn.dialect.name == "postgresql":
-            # One array parameter: a short statement psycopg prepares once, where
+            # Array parameters: a short statement psycopg prepares once, where
             # IN lists of hundreds of placeholders are parsed again every batch.
             # Sent in binary (%b): the text form escapes each bytea element in
             # Python, about 100 times slower for a batch of 5,000 hashes.
             cursor = _dbapi_cursor(self.conn)
-            cursor.execute("SELECT hash FROM events WHERE hash = ANY(%b)", [hashes])
+            cursor.execute(
+                "SELECT e.hash FROM events e"
+                " JOIN unnest(%b::bigint[], %b::bytea[]) AS k(ts_us, hash)"
+                " ON e.ts_us = k.ts_us AND e.hash = k.hash",
+                [[ts_us for ts_us, _ in keys], [digest for _, digest in keys]],
+            )
             return {row[0] for row in cursor}
         found: set[bytes] = set()
-        for chunk in _chunks(hashes):
-            found.update(self.conn.scalars(select(EVENTS.c.hash).where(EVENTS.c.hash.in_(chunk))))
+        key = tuple_(EVENTS.c.ts_us, EVENTS.c.hash)
+        for chunk in _chunks(keys):
+            found.update(self.conn.scalars(select(EVENTS.c.hash).where(key.in_(chunk))))
         return found
 
     def _store(self, fresh: list[ParsedEvent]) -> None:
@@ -652,13 +663,12 @@ class BatchWriter:
             found[table.name] = [tuple(row) for row in rows]
         return found
 
-    def _unflag(self, table: Table, unflag: list[list[bytes]]) -> None:
+    def _unflag(self, table: Table, unflag: list[list[_RowKey]]) -> None:
         """Clear the flags of stored rows that a row of the batch precedes."""
-        for (_, flag), hashes in zip(FIRST_USE_FLAGS[table.name], unflag, strict=True):
-            for chunk in _chunks(hashes):
-                self.conn.execute(
-                    update(table).where(table.c.event_hash.in_(chunk)).values({flag: False})
-                )
+        key = tuple_(table.c.ts_us, table.c.event_hash)
+        for (_, flag), keys in zip(FIRST_USE_FLAGS[table.name], unflag, strict=True):
+            for chunk in _chunks(keys):
+                self.conn.execute(update(table).where(key.in_(chunk)).values({flag: False}))
 
     def _add_rollups(self, rollups: dict[tuple[int, int], _Rollup]) -> None:
         if not rollups:
@@ -747,7 +757,7 @@ def _with_first_use_flags(
     rows: list[tuple[Any, ...]],
     stored_first: list[_FlaggedRow],
     daily: _DailyValues,
-) -> tuple[list[tuple[Any, ...]], list[list[bytes]]]:
+) -> tuple[list[tuple[Any, ...]], list[list[_RowKey]]]:
     """``rows`` (event_hash, sensor_id, session_id, ts_us, ...) with their flags appended,
     and per flag the stored rows that lose it; counts the rows into ``daily``.
 
@@ -769,7 +779,7 @@ def _with_first_use_flags(
             known = first.get(key)
             if known is None or order < known:
                 first[key] = order
-    unflag: list[list[bytes]] = [[] for _ in pairs]
+    unflag: list[list[_RowKey]] = [[] for _ in pairs]
     # Where a stored row comes first, the batch has no first row for that key;
     # where the batch's comes first, the stored row is unflagged.
     for sensor_id, session_id, ts_us, event_hash, *values in stored_first:
@@ -778,7 +788,7 @@ def _with_first_use_flags(
             if not flagged or key not in first:
                 continue
             if first[key] < (ts_us, event_hash):
-                unflag[pair].append(event_hash)
+                unflag[pair].append((ts_us, event_hash))
                 daily.unflag(pairs[pair][0], sensor_id, value, ts_us)
             else:
                 del first[key]
