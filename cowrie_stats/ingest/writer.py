@@ -211,7 +211,6 @@ class _SessionRow:
     is_new: bool
     old_start_ts_us: int | None = None
     old_end_ts_us: int | None = None
-    touched: bool = False  # an event of the batch was merged into it
 
 
 def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -358,13 +357,14 @@ class BatchWriter:
         self._ensure_sensors(fresh)
         ids = self._sensor_ids
         in_order = sorted(fresh, key=MERGE_ORDER)
-        sessions = self._load_sessions({(ids[e.sensor], e.session) for e in in_order})
-        new_ids = self._new_session_ids(in_order, sessions)
+        keys = {(ids[e.sensor], e.session) for e in in_order}
+        sessions = self._load_sessions(keys)
+        new_ids = self._new_session_ids(len(keys) - len(sessions))
         stored_first = self._stored_first_rows(sessions)
-        rows = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
+        events = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
         rollups: defaultdict[tuple[int, int], _Rollup] = defaultdict(_Rollup)
         daily = _DailyValues()
-        with self._inserting(EVENTS, EVENT_COLUMNS, rows):
+        with self._inserting(EVENTS, EVENT_COLUMNS, events):
             # Python only in here: PostgreSQL stores the events meanwhile.
             self._merge_sessions(in_order, sessions, new_ids, rollups)
             details = [
@@ -428,16 +428,14 @@ class BatchWriter:
 
     # -- sessions ---------------------------------------------------------------
 
-    def _sessions_of(
-        self, keys: Iterable[tuple[int, str]], columns: Sequence[Any]
-    ) -> Iterator[RowMapping]:
-        """``columns`` of the sessions with these (sensor_id, session) keys, chunk by chunk."""
+    def _sessions_of(self, keys: Iterable[tuple[int, str]]) -> Iterator[RowMapping]:
+        """The sessions rows with these (sensor_id, session) keys, chunk by chunk."""
         by_sensor: defaultdict[int, list[str]] = defaultdict(list)
         for sensor_id, session in keys:
             by_sensor[sensor_id].append(session)
         for sensor_id, sessions in by_sensor.items():
             for chunk in _chunks(sessions):
-                query = select(*columns).where(
+                query = select(SESSIONS).where(
                     SESSIONS.c.sensor_id == sensor_id, SESSIONS.c.session.in_(chunk)
                 )
                 yield from self.conn.execute(query).mappings()
@@ -464,7 +462,7 @@ class BatchWriter:
         found = (
             self._pg_sessions_of(keys)
             if self.conn.dialect.name == "postgresql"
-            else self._sessions_of(keys, [SESSIONS])
+            else self._sessions_of(keys)
         )
         for row in found:
             values = dict(row)
@@ -472,38 +470,33 @@ class BatchWriter:
             rows[key] = _SessionRow(values, False, values["start_ts_us"], values["end_ts_us"])
         return rows
 
-    def _new_session_ids(
-        self, in_order: list[ParsedEvent], stored: dict[tuple[int, str], _SessionRow]
-    ) -> dict[tuple[int, str], int]:
-        """Ids for the sessions not stored yet, in the order they first appear.
+    def _new_session_ids(self, count: int) -> Iterator[int]:
+        """``count`` ids for the sessions not stored yet, in ascending order.
 
         Taken before the merge so that the rows of the per-event tables can be
-        built while the events are being stored.
+        built while the events are being stored; the merge hands them out in the
+        order its new sessions first appear.
         """
-        ids = self._sensor_ids
-        new = list(
-            dict.fromkeys(k for e in in_order if (k := (ids[e.sensor], e.session)) not in stored)
-        )
-        if not new:
-            return {}
+        if not count:
+            return iter(())
         if self.conn.dialect.name == "postgresql":
             cursor = _dbapi_cursor(self.conn)
             cursor.execute(
                 "SELECT nextval(pg_get_serial_sequence('sessions', 'id'))"
                 " FROM generate_series(1, %s)",
-                [len(new)],
+                [count],
             )
-            return {key: session_id for key, (session_id,) in zip(new, cursor, strict=True)}
+            return iter([session_id for (session_id,) in cursor])
         # SQLite: this transaction has written (the sensors) and so holds the
         # database's write lock; no other writer can take these ids.
         highest: int = self.conn.scalar(select(func.coalesce(func.max(SESSIONS.c.id), 0))) or 0
-        return {key: highest + n for n, key in enumerate(new, 1)}
+        return iter(range(highest + 1, highest + 1 + count))
 
     def _merge_sessions(
         self,
         in_order: list[ParsedEvent],
         rows: dict[tuple[int, str], _SessionRow],
-        new_ids: dict[tuple[int, str], int],
+        new_ids: Iterator[int],
         rollups: defaultdict[tuple[int, int], _Rollup],
     ) -> None:
         """Merge the batch (sorted by (ts_us, hash)) into ``rows``, adding its new sessions."""
@@ -512,11 +505,10 @@ class BatchWriter:
             row = rows.get(key)
             if row is None:
                 row = rows[key] = _SessionRow(_new_session(key, e), True)
-                row.values["id"] = new_ids[key]
+                row.values["id"] = next(new_ids)
             _merge_event(row, e)
+        # Every row has events of this batch: its key came from them.
         for row in rows.values():
-            if not row.touched:
-                continue
             new_hour = row.values["start_ts_us"] // US_PER_HOUR
             sensor_id = row.values["sensor_id"]
             if row.old_start_ts_us is None:
@@ -554,7 +546,7 @@ class BatchWriter:
             tuple(row.values[c] for c in SESSION_COLUMNS) for row in rows.values() if row.is_new
         ]
         _bulk_insert(self.conn, SESSIONS, SESSION_COLUMNS, new_rows)
-        self._update_sessions([r.values for r in rows.values() if not r.is_new and r.touched])
+        self._update_sessions([r.values for r in rows.values() if not r.is_new])
         self._raise_longest_sessions(rows.values())
 
     def _update_sessions(self, rows: list[dict[str, Any]]) -> None:
@@ -837,7 +829,6 @@ def _merge_event(row: _SessionRow, e: ParsedEvent) -> None:
     ordering keys of a field group are only read for the events that can set it.
     """
     v = row.values
-    row.touched = True
     ts_us, eventid = e.ts_us, e.eventid
     key = (ts_us, e.hash)
     if key < (v["start_ts_us"], v["start_hash"]):
