@@ -183,9 +183,6 @@ class Ingester:
         with self.engine.connect() as conn:
             saved = load_cursor(conn, head)
         stream, compressed = _open(path)
-        size = os.stat(path).st_size * (GZIP_RATIO if compressed else 1)
-        if (size - (saved[0] if saved else 0)) // LINE_BYTES > self.parallel_after_lines:
-            self.start_workers()
         with stream:
             offset, line_no, tail = 0, 0, b""
             if saved is not None:
@@ -194,10 +191,14 @@ class Ingester:
                     offset, line_no, tail = saved[0], saved[1], skipped
                 else:
                     stream.seek(0)  # same first line, other content: read it all
+            stat = os.stat(path)
+            size = stat.st_size * (GZIP_RATIO if compressed else 1)
+            if (size - offset) // LINE_BYTES > self.parallel_after_lines:
+                self.start_workers()
             cursor = CursorState(
                 head_hash=head,
                 path=os.path.abspath(path),
-                inode=os.stat(path).st_ino,
+                inode=stat.st_ino,
                 compressed=compressed,
                 offset=offset,
                 line_no=line_no,
