@@ -354,6 +354,12 @@ def _load_tables(conn: psycopg.Connection[Any], dumps: Path, tables: list[str]) 
     conn.commit()
 
 
+def _ratio(events_per_second: float, limit: dict[str, Any]) -> float:
+    """``events_per_second`` over a limit's ``events_per_second`` (0 for a limit of 0)."""
+    rate = limit["events_per_second"]
+    return round(events_per_second / rate, 4) if rate else 0.0
+
+
 def run(admin_url: str, app_url: str, workdir: Path, events: int, seed: int) -> dict[str, Any]:
     """The whole ingest benchmark; returns the JSON section."""
     # Half, not less: at the default 200k events both runs pass the 50k lines after
@@ -388,6 +394,7 @@ def run(admin_url: str, app_url: str, workdir: Path, events: int, seed: int) -> 
     _, dsn = fresh_database(admin_url, app_url, "bench_copy")
     copy = raw_copy(dsn, files["large"])
     large = runs["large"]
+    cpu = large.cpu_us_per_event()
     for path in [*files.values(), renamed]:
         path.unlink(missing_ok=True)
     return {
@@ -400,19 +407,11 @@ def run(admin_url: str, app_url: str, workdir: Path, events: int, seed: int) -> 
         "storage_floor": floor,
         # What the whole pipeline costs in CPU per event, and the rate that cost
         # allows on this machine's cores even if every core were busy all the time.
-        "cpu_us_per_event": large.cpu_us_per_event(),
-        "cpu_bound_events_per_second": round(
-            (os.cpu_count() or 1) * 1e6 / large.cpu_us_per_event()["total"], 1
-        ),
-        "floor_ratio": round(
-            large.events_per_second / floor["one_connection"]["events_per_second"], 4
-        )
-        if floor["one_connection"]["events_per_second"]
-        else 0.0,
+        "cpu_us_per_event": cpu,
+        "cpu_bound_events_per_second": round((os.cpu_count() or 1) * 1e6 / cpu["total"], 1),
+        "floor_ratio": _ratio(large.events_per_second, floor["one_connection"]),
         "events_per_second": round(large.events_per_second, 1),
-        "copy_ratio": round(large.events_per_second / copy["events_per_second"], 4)
-        if copy["events_per_second"]
-        else 0.0,
+        "copy_ratio": _ratio(large.events_per_second, copy),
         "peak_rss_mb": {label: r.peak_rss_mb for label, r in runs.items()},
         "peak_tree_pss_mb": {label: r.peak_tree_pss_mb for label, r in runs.items()},
         "reingest_new_rows": again.summary["events_stored"] + dedup.summary["events_stored"],
