@@ -22,8 +22,9 @@ UNAVAILABLE_SQLSTATE = ("08", "57", "53")
 class ProgressBar:
     """Bytes of the input read (of the files on disk), rate and ETA, on a terminal."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], refresh_seconds: float = 0.1) -> None:
         self._stream = stream
+        self._refresh_seconds = refresh_seconds
         self._bar: tqdm[NoReturn] | None = None
 
     def __call__(self, summary: IngestSummary) -> None:
@@ -37,6 +38,8 @@ class ProgressBar:
                 file=self._stream,
                 dynamic_ncols=True,
                 leave=False,
+                mininterval=self._refresh_seconds,
+                miniters=1,
             )
         bar.update(max(0, summary.disk_bytes_done - bar.n))
         bar.set_postfix(
