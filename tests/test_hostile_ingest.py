@@ -566,3 +566,28 @@ def test_summary_per_file_and_per_sensor(sqlite_db: Database, tmp_path: Path) ->
     ingester = Ingester(sqlite_db.engine, progress=ProgressBar(bar, refresh_seconds=0))
     ingester.ingest([str(first), str(second)])
     assert "100%" in bar.getvalue()
+
+
+def test_watching_a_directory_without_logs_yet_waits_for_them(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**os.environ, "COWRIE_STATS_DATABASE_URL": sqlite_db.url}
+    command = [sys.executable, "-m", "cowrie_stats.cli", "ingest", "--json", "--watch", "0.2"]
+    proc = subprocess.Popen(
+        [*command, str(logs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["files"] == 0  # the first pass found nothing
+    write_log(logs / "cowrie.json", [event("late", 1)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not scalar(
+        sqlite_db.engine, "SELECT count(*) FROM events"
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"cowrie-stats: no log files in {logs} yet" in err
+    assert sum(json.loads(line)["events_stored"] for line in out.splitlines()) == 1

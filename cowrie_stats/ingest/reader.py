@@ -158,6 +158,7 @@ class Ingester:
     def ingest(self, paths: Iterable[str], stdin: BinaryIO | None = None) -> IngestSummary:
         found = discover_sources(paths)
         self.summary.skipped.extend(found.skipped)
+        self.summary.empty_paths.extend(found.empty)
         for path, reason in found.unreadable:
             self._file_failed(clean_text(path), 0, reason)
         sizes = [self._disk_size(source) for source in found.sources]

@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
+from cowrie_stats.ingest.options import NO_LOG_FILES
 from cowrie_stats.ingest.store import driver_error, one_line, permission_problem
 from cowrie_stats.ingest.summary import IngestSummary, Tally
 from cowrie_stats.settings import redact_url
@@ -99,6 +100,8 @@ def print_problems(summary: IngestSummary, err: IO[str]) -> None:
     """One line per thing the operator should know about: skipped, unread, unusable."""
     for path, why in summary.skipped:
         err.write(f"cowrie-stats: skipped {path}: {why}\n")
+    for path in summary.empty_paths:
+        err.write(f"cowrie-stats: no log files in {path} yet {NO_LOG_FILES}\n")
     for failure in summary.failed_files:
         where = f" (stopped at line {failure.line_no})" if failure.line_no else ""
         err.write(f"cowrie-stats: {failure.path}: not read to its end{where}: {failure.reason}\n")

@@ -18,7 +18,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import override
 
@@ -79,8 +79,8 @@ def permission_problem(exc: BaseException) -> str | None:
 class _TallyingWriter(BatchWriter):
     """The writer, noting how many new events each sensor had (for the run's summary)."""
 
-    def __init__(self, conn: object) -> None:
-        super().__init__(conn)  # type: ignore[arg-type]
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
         self.stored_by_sensor: dict[str, int] = {}
 
     @override

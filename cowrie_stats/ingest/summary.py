@@ -90,6 +90,7 @@ class IngestSummary:
     other_sensors: Tally | None = None  # sensors past MAX_SENSORS_LISTED
     failed_files: list[FileFailure] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    empty_paths: list[str] = field(default_factory=list)  # directories without a log file
     first_dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     # Dead letters that are a last line still being written: no sign of bad input.
     unfinished_lines: int = 0
