@@ -5,22 +5,42 @@ BIN := $(VENV)/bin
 TOOLS_VENV := .venv-tools
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
-GRPC_PORT ?= 50051
 export PYTHONDONTWRITEBYTECODE := 1
+# Errors only: setuptools warns about every editable install (nothing to act on), and a
+# pip configuration with unreachable extra indexes warns about each of them.
+PIP := PYTHONWARNINGS="ignore:Editable install" $(BIN)/pip --quiet --quiet
 
-.PHONY: install tools run test test-long lint typecheck proto proto-lint unit bench clean
+# `make run` is a demo: it reads no .env, ignores every database setting of the
+# environment (it must never add its demo sensors to a configured database) and
+# uses var/demo.db. The listen port follows COWRIE_STATS_GRPC_PORT (default 50051).
+DEMO_DATABASE := $(CURDIR)/var/demo.db
+DEMO := env -u COWRIE_STATS_DATABASE_URL_FILE -u COWRIE_STATS_DATABASE_PASSWORD \
+	-u COWRIE_STATS_DATABASE_PASSWORD_FILE -u COWRIE_STATS_REPLICA_URLS \
+	-u COWRIE_STATS_REPLICA_URLS_FILE COWRIE_STATS_ENV_FILE=/dev/null \
+	COWRIE_STATS_DATABASE_URL=sqlite:///$(DEMO_DATABASE)
 
+.PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint unit bench clean
+
+# The runtime only (what `make run` needs); `dev` adds the test and lint tools.
 install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install -e '.[dev]'
 	touch $@
 
 # Tools the quality gates need beyond the app venv: buf (npm) and the
 # container/cluster validators (their own venv: their pins must not touch ours).
-tools: $(BUF) $(TOOLS_VENV)/.installed
+tools: dev $(BUF) $(TOOLS_VENV)/.installed
+
+# buf alone, for `buf curl` (docs/api.md): no validators, no dev tools.
+buf: $(BUF)
 
 $(BUF):
 	mkdir -p .tools
@@ -33,19 +53,21 @@ $(TOOLS_VENV)/.installed: deploy/tools-requirements.txt
 	touch $@
 
 run: install
-	$(BIN)/cowrie-stats sample var/sample/cowrie.json
-	$(BIN)/cowrie-stats migrate
-	$(BIN)/cowrie-stats ingest --json var/sample
-	COWRIE_STATS_GRPC_PORT=$(GRPC_PORT) $(BIN)/cowrie-stats serve
+	@echo "demo: var/sample/cowrie.json into var/demo.db (.env and database settings unused)"
+	@$(DEMO) $(BIN)/cowrie-stats sample var/sample/cowrie.json >/dev/null
+	@$(DEMO) $(BIN)/cowrie-stats migrate
+	@$(DEMO) $(BIN)/cowrie-stats ingest --json var/sample
+	@echo "serving; in another terminal: $(BIN)/cowrie-stats query sessions (README: Calling it)"
+	@$(DEMO) $(BIN)/cowrie-stats serve
 
-proto: install
+proto: dev
 	$(BIN)/python scripts/gen_protos.py
 
-lint: install
+lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install
+typecheck: dev
 	$(BIN)/mypy --strict cowrie_stats tests scripts bench
 
 proto-lint: tools
@@ -55,11 +77,11 @@ proto-lint: tools
 		echo "buf breaking against $$tag"; $(BUF) breaking --against ".git#tag=$$tag"; \
 	else echo "buf breaking: no release tag yet, nothing to compare against"; fi
 
-unit: install tools
+unit: dev tools
 	COWRIE_STATS_REQUIRE_POSTGRES=1 COWRIE_STATS_REQUIRE_TOOLS=1 \
 		$(BIN)/pytest --cov --cov-branch --cov-report=term $(PYTEST_ARGS)
 
-test: install tools lint typecheck proto-lint
+test: dev tools lint typecheck proto-lint
 	./scripts/ensure-postgres.sh >/dev/null
 	$(MAKE) --no-print-directory unit
 
@@ -67,7 +89,7 @@ test: install tools lint typecheck proto-lint
 test-long:
 	COWRIE_STATS_LONG_TESTS=1 $(MAKE) --no-print-directory test
 
-bench: install
+bench: dev
 	./scripts/ensure-postgres.sh >/dev/null
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -1,4 +1,4 @@
-"""The ``cowrie-stats`` command: serve, migrate, ingest, healthcheck, hash-key, sample."""
+"""The ``cowrie-stats`` command: serve, migrate, ingest, query, healthcheck, hash-key, sample."""
 
 from __future__ import annotations
 
@@ -13,22 +13,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cowrie_stats import SERVICE_NAME, __version__
-from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_settings, redact_url
+from cowrie_stats import SERVICE_NAME, __version__, query, usage
+from cowrie_stats.settings import (
+    Settings,
+    SettingsError,
+    database_location,
+    load_env_file,
+    load_settings,
+)
 
 if TYPE_CHECKING:
-    import grpc
     from sqlalchemy import Engine
+
+    from cowrie_stats.usage import Subcommands
 
 log = logging.getLogger("cowrie_stats")
 
+#: Subcommands that open the database: they say which one at start.
+DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest"})
 
-def _settings() -> Settings:
+
+def _environment() -> dict[str, str]:
+    """os.environ plus the COWRIE_STATS_* lines of a private ``.env`` (the environment wins)."""
     env = dict(os.environ)
     env_file = Path(env.get("COWRIE_STATS_ENV_FILE", ".env"))
     if env_file.is_file():
         load_env_file(env_file, env)
-    return load_settings(env)
+    return env
+
+
+def _settings() -> Settings:
+    return load_settings(_environment())
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -53,7 +68,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         log.info(
             "database migrated",
             extra={
-                "database": redact_url(settings.database_url),
+                "database": database_location(settings.database_url),
                 "revision": current_revision(engine),
             },
         )
@@ -145,55 +160,85 @@ def _ingest_pass(args: argparse.Namespace, settings: Settings, engine: Engine) -
     return summary.exit_code
 
 
-def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    """TLS credentials for the healthcheck client, or None for plaintext."""
-    import grpc
-
-    if not (args.tls or args.tls_ca or args.tls_cert):
-        return None
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise SettingsError("--tls-cert and --tls-key go together")
-    ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
-    key = Path(args.tls_key).read_bytes() if args.tls_key else None
-    return grpc.ssl_channel_credentials(ca, key, cert)
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    return query.run(args, _environment())
 
 
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from cowrie_stats.client import NotFoundError, ServerUnreachableError, StatsClient, StatsError
 
-    address = args.address or f"localhost:{settings.grpc_port}"
-    credentials = _channel_credentials(args)
-    options = []
-    if args.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    channel = (
-        grpc.insecure_channel(address)
-        if credentials is None
-        else grpc.secure_channel(address, credentials, options)
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    client_settings = query.client_settings(args, _environment())
+    with StatsClient.from_settings(client_settings) as client:
         try:
-            reply = stub.Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as error:
-            print(f"NOT_SERVING ({error.code().name})")
-            return 1
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(name)
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+            status = client.check_health(args.service, timeout=args.timeout)
+        except NotFoundError:  # the server does not know the service name
+            status = "SERVICE_UNKNOWN"
+        except StatsError as error:
+            what = "cannot connect" if isinstance(error, ServerUnreachableError) else "failed"
+            line = query.error_line(error, client_settings.target)
+            print(f"cowrie-stats healthcheck: {what}: {line}", file=sys.stderr)
+            return query.exit_status(error)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _write_new_file(path: str, text: str) -> None:
+    """Create ``path`` readable by its owner only; never overwrite (a key may be in it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def _append_line(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
+def _generate_key(args: argparse.Namespace) -> int:
+    """A new random key: the key to one place, its keys-file line to another."""
+    import secrets
+
+    from cowrie_stats.auth import key_line
+
+    if not (args.key_out or args.append_to or sys.stdout.isatty()):
+        print(
+            "cowrie-stats hash-key: --generate would print the key and its keys-file line "
+            "together; give --append-to KEYS_FILE (the key alone goes to stdout) or "
+            "--key-out FILE (the line alone goes to stdout)",
+            file=sys.stderr,
+        )
+        return 2
+    key = secrets.token_urlsafe(32)  # 256 random bits, 43 characters of [A-Za-z0-9_-]
+    line = key_line(args.name, key)
+    if args.key_out:
+        _write_new_file(args.key_out, key + "\n")
+    if args.append_to:
+        _append_line(args.append_to, line)
+    if not (args.key_out or args.append_to):  # a terminal: both, labelled, once
+        print(f"key (shown once; give it to the client): {key}\nkeys-file line: {line}")
+    elif not args.key_out:
+        print(key)
+    elif not args.append_to:
+        print(line)
+    done = [f"key written to {args.key_out}"] if args.key_out else []
+    done += [f"line {args.name}:... appended to {args.append_to}"] if args.append_to else []
+    if done:
+        print(f"cowrie-stats hash-key: {'; '.join(done)}", file=sys.stderr)
+    return 0
 
 
 def cmd_hash_key(args: argparse.Namespace, settings: Settings) -> int:
     from cowrie_stats.auth import key_line
 
     try:
+        if args.generate:
+            return _generate_key(args)
         line = key_line(args.name, sys.stdin.readline())
     except ValueError as error:
-        print(f"error: {error} (the key is read from stdin)", file=sys.stderr)
+        hint = "" if args.generate else " (the key is read from stdin)"
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     print(line)
     return 0
@@ -207,6 +252,98 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- the parser: every subcommand's help names its options, variables and an example -------
+
+
+def _add_serve(sub: Subcommands) -> None:
+    serve = usage.subcommand(
+        sub,
+        "serve",
+        "serve the gRPC API until SIGTERM/SIGINT",
+        "Serve the gRPC API (statistics, health, reflection) until SIGTERM or SIGINT, then "
+        "drain. The database must be migrated.",
+        (usage.SERVE_ENV, "COWRIE_STATS_GRPC_PORT=50061 cowrie-stats serve"),
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def _add_migrate(sub: Subcommands) -> None:
+    migrate = usage.subcommand(
+        sub,
+        "migrate",
+        "upgrade the database schema (alembic upgrade head)",
+        "Bring the database schema to this version (alembic upgrade head). Run it with the "
+        "owner role, before new servers start.",
+        (usage.DATABASE_ENV, "COWRIE_STATS_DATABASE_URL=sqlite:///var/s.db cowrie-stats migrate"),
+    )
+    migrate.set_defaults(func=cmd_migrate)
+
+
+def _add_healthcheck(sub: Subcommands) -> None:
+    port = "  COWRIE_STATS_GRPC_PORT                   port of the default address"
+    check = usage.subcommand(
+        sub,
+        "healthcheck",
+        "exit 0 when the server reports SERVING (for probes)",
+        "Ask the grpc.health.v1 service; for Docker HEALTHCHECK and exec probes.",
+        (
+            usage.client_environment(port),
+            "cowrie-stats healthcheck --address localhost:50051 --timeout 3",
+            query.HEALTH_EXIT_HELP,
+        ),
+    )
+    query.add_connection_options(check, flags=("--address", "--target"))
+    check.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS", help="deadline (default 3)"
+    )
+    check.add_argument(
+        "--service",
+        default=SERVICE_NAME,
+        help=f"service to ask about (default {SERVICE_NAME}; '' = the server)",
+    )
+    check.set_defaults(func=cmd_healthcheck)
+
+
+def _add_hash_key(sub: Subcommands) -> None:
+    hash_key = usage.subcommand(
+        sub,
+        "hash-key",
+        "make an API key's keys-file line (key from stdin, or --generate)",
+        "Print the COWRIE_STATS_API_KEYS_FILE line (NAME:SHA256) of the key read from stdin, "
+        "or generate a new random key with --generate.",
+        (usage.NONE, "cowrie-stats hash-key --generate --name grafana --key-out k >> api-keys"),
+    )
+    hash_key.add_argument("--name", default="client", help="name of the key, shown in logs")
+    new = hash_key.add_argument_group("--generate: a new random key")
+    new.add_argument(
+        "--generate", action="store_true", help="make a random 256-bit key instead of reading one"
+    )
+    new.add_argument(
+        "--append-to",
+        metavar="KEYS_FILE",
+        help="append the line to this keys file; the key alone goes to stdout",
+    )
+    new.add_argument(
+        "--key-out",
+        metavar="FILE",
+        help="write the key to this new file (mode 600); the line goes to stdout",
+    )
+    hash_key.set_defaults(func=cmd_hash_key)
+
+
+def _add_sample(sub: Subcommands) -> None:
+    sample = usage.subcommand(
+        sub,
+        "sample",
+        "write the bundled demo Cowrie log",
+        "Write the deterministic demo log (three sensors, 1,289 events).",
+        (usage.NONE, "cowrie-stats sample var/sample/cowrie.json"),
+    )
+    sample.add_argument("output", help="file to write (cowrie.json format)")
+    sample.add_argument("--seed", type=int, default=7)
+    sample.set_defaults(func=cmd_sample)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cowrie-stats",
@@ -215,13 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("serve", help="serve the gRPC API until SIGTERM/SIGINT").set_defaults(
-        func=cmd_serve
-    )
-    sub.add_parser(
-        "migrate", help="upgrade the database schema (alembic upgrade head)"
-    ).set_defaults(func=cmd_migrate)
+    _add_serve(sub)
+    _add_migrate(sub)
 
     from cowrie_stats.ingest import options
 
@@ -254,27 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
-    check = sub.add_parser("healthcheck", help="exit 0 when the server reports SERVING")
-    check.add_argument("--address", help="HOST:PORT (default localhost:$COWRIE_STATS_GRPC_PORT)")
-    check.add_argument("--timeout", type=float, default=3.0)
-    check.add_argument("--service", default=SERVICE_NAME)
-    check.add_argument("--tls", action="store_true", help="use TLS, trusting the system CAs")
-    check.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this CA (PEM)")
-    check.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mTLS")
-    check.add_argument("--tls-key", metavar="FILE", help="client private key (PEM) for mTLS")
-    check.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to verify in the server certificate"
-    )
-    check.set_defaults(func=cmd_healthcheck)
-
-    hash_key = sub.add_parser("hash-key", help="hash an API key read from stdin for the keys file")
-    hash_key.add_argument("--name", default="client", help="name of the key, shown in logs")
-    hash_key.set_defaults(func=cmd_hash_key)
-
-    sample = sub.add_parser("sample", help="write the bundled demo Cowrie log")
-    sample.add_argument("output", help="file to write (cowrie.json format)")
-    sample.add_argument("--seed", type=int, default=7)
-    sample.set_defaults(func=cmd_sample)
+    query.add_subcommand(sub, cmd_query)
+    _add_healthcheck(sub)
+    _add_hash_key(sub)
+    _add_sample(sub)
     return parser
 
 
@@ -286,32 +401,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cowrie-stats: configuration error: {error}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    if args.command in DATABASE_COMMANDS:
+        log.info("using database", extra={"database": database_location(settings.database_url)})
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
-    except SettingsError as error:  # raised at start-up, e.g. a malformed API keys file
-        print(f"cowrie-stats: configuration error: {error}", file=sys.stderr)
-        return 2
     except Exception as error:
-        from cowrie_stats.db.schema import SchemaError
+        from cowrie_stats.failures import operator_error
 
-        if isinstance(error, SchemaError | OSError):
-            print(f"cowrie-stats: {error}", file=sys.stderr)
-            return 1
-        from sqlalchemy.exc import OperationalError
-
-        if isinstance(error, OperationalError):
-            # The driver's first line says what happened (refused, disk full, ...);
-            # neither it nor the redacted URL carries a password.
-            reason = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
-            print(
-                f"cowrie-stats: database unavailable ({redact_url(settings.database_url)}): "
-                f"{type(error.orig).__name__}: {reason}",
-                file=sys.stderr,
-            )
-            return 1
-        raise
+        known = operator_error(error, settings, args.command)
+        if known is None:
+            raise
+        print(f"cowrie-stats: {known[0]}", file=sys.stderr)
+        return known[1]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,23 @@ def redact_url(url: str | URL) -> str:
         return "<invalid database URL>"
 
 
+def database_location(url: str | URL) -> str:
+    """Where the data is, safe to log: :func:`redact_url`, a SQLite file's path absolute.
+
+    The default SQLite path is relative to the working directory, so the same command
+    run elsewhere opens another file; naming the absolute path shows which one.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return redact_url(url)
+    path = parsed.database
+    in_memory = path in (None, "", ":memory:") or str(path).startswith("file:")
+    if parsed.get_backend_name() == "sqlite" and not in_memory:
+        parsed = parsed.set(database=os.path.abspath(str(path)))
+    return redact_url(parsed)
+
+
 def _read_secret_file(name: str, path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").strip()

@@ -306,13 +306,15 @@ def test_python_client_example_runs_against_a_server(
     sqlite_db.ingest([tmp_path / "sample"])
     running = start_server(sqlite_db.settings())
     examples = [b.text for b in fenced_blocks(REPO / "docs" / "api.md") if b.language == "python"]
-    assert len(examples) == 1, "docs/api.md has one Python client example"
-    assert '"localhost:50051"' in examples[0]
-    code = examples[0].replace('"localhost:50051"', repr(running.address))
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        exec(compile(code, "docs/api.md (Python client)", "exec"), {"__name__": "docs_example"})
-    printed = output.getvalue().splitlines()
+    assert len(examples) == 2, "docs/api.md has the client example and the raw-stub one"
+    printed: list[str] = []
+    for number, example in enumerate(examples):
+        assert '"localhost:50051"' in example
+        code = example.replace('"localhost:50051"', repr(running.address))
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            exec(compile(code, f"docs/api.md (Python {number})", "exec"), {"__name__": "docs"})
+        printed += output.getvalue().splitlines()
     assert printed[0].startswith("sessions ")
     assert len(printed) == 5, printed
     assert printed[-1] == "NOT_FOUND SENSOR_NOT_FOUND {'sensors': 'no-such-sensor'}"

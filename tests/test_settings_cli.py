@@ -156,7 +156,7 @@ def test_healthcheck_command(
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
     running.server.stop(grace=0)
     down = _cli("healthcheck", "--address", running.address, "--timeout", "1", cwd=tmp_path)
-    assert down.returncode == 1 and down.stdout.startswith("NOT_SERVING")
+    assert down.returncode == 3 and "cannot connect" in down.stderr  # not NOT_SERVING
 
 
 def test_ingest_watch_exposes_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -131,7 +131,10 @@ def test_healthcheck_command_speaks_tls(
     assert main([*base, "--tls-ca", str(pki.ca.cert), *mtls]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
 
-    assert main([*base, "--tls-ca", str(pki.ca.cert)]) == 1  # no client certificate
-    assert main([*base, "--tls-ca", str(pki.rogue_ca.cert), *mtls]) == 1  # wrong CA
-    assert main(base) == 1  # plaintext
-    assert capsys.readouterr().out.split() == ["NOT_SERVING", "(UNAVAILABLE)"] * 3
+    # No client certificate, the wrong CA, plaintext: no connection, exit 3.
+    assert main([*base, "--tls-ca", str(pki.ca.cert)]) == 3
+    assert main([*base, "--tls-ca", str(pki.rogue_ca.cert), *mtls]) == 3
+    assert main(base) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("cowrie-stats healthcheck: cannot connect: ") == 3

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from cowrie_stats.settings import database_location
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -60,7 +62,10 @@ def check_schema(engine: Engine) -> None:
     if current == head:
         return
     if current is None:
-        raise SchemaError("the database is not migrated: run `cowrie-stats migrate` first")
+        raise SchemaError(
+            f"the database {database_location(engine.url)} is not migrated: "
+            "run `cowrie-stats migrate` first"
+        )
     known = {rev.revision for rev in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
     if current not in known:
         raise SchemaError(
