@@ -36,6 +36,7 @@ from sqlalchemy import Engine
 
 from cowrie_stats import metrics
 from cowrie_stats.ingest.batch import ParsedBatch, parse_batch, worker_ready
+from cowrie_stats.ingest.values import ValueIds
 from cowrie_stats.ingest.writer import BatchWriter, CursorState, load_cursor
 
 HEAD_BYTES = 4096
@@ -155,6 +156,7 @@ class Ingester:
         self.workers = workers
         self.parallel_after_lines = parallel_after_lines
         self.summary = IngestSummary()
+        self._values = ValueIds()  # dictionary ids, cached across the run's batches
         self._started = time.monotonic()
         self._pool: Executor | None = None
         self._pool_ready: Future[None] | None = None
@@ -269,7 +271,7 @@ class Ingester:
         self.summary.lines_read += batch.lines
         self.summary.blank_lines += batch.blank
         with self.engine.begin() as conn:
-            result = BatchWriter(conn).write(batch.events, batch.dead, pending.cursor)
+            result = BatchWriter(conn, self._values).write(batch.events, batch.dead, pending.cursor)
         self.summary.events_stored += result.stored
         self.summary.duplicates_skipped += result.duplicates
         self.summary.dead_lettered += result.dead_lettered
