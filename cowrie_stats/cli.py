@@ -18,8 +18,7 @@ from cowrie_stats.settings import Settings, SettingsError, load_env_file, load_s
 
 if TYPE_CHECKING:
     import grpc
-
-    from cowrie_stats.ingest.reader import IngestSummary
+    from sqlalchemy import Engine
 
 log = logging.getLogger("cowrie_stats")
 
@@ -63,23 +62,33 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _show_progress(summary: IngestSummary) -> None:
-    rate = summary.events_stored / summary.seconds if summary.seconds else 0.0
-    sys.stderr.write(
-        f"\r{summary.bytes_read / 1e6:8.1f} MB  {summary.lines_read:>10} lines  "
-        f"{summary.events_stored:>10} new  {summary.duplicates_skipped:>8} dup  "
-        f"{summary.dead_lettered:>6} dead  {rate:9.0f} ev/s"
-    )
-    sys.stderr.flush()
-
-
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from cowrie_stats.ingest.report import database_failure
+
+    try:
+        return _ingest_passes(args, settings)
+    except Exception as error:
+        # The database's own words in one line (refused, read-only role, disk full...).
+        message = database_failure(error, settings.database_url)
+        if message is None:
+            raise
+        log.debug("ingest stopped by a database error", exc_info=True)
+        print(message, file=sys.stderr)
+        return 1
+
+
+def _ingest_passes(args: argparse.Namespace, settings: Settings) -> int:
+    """One pass, or one per ``--watch`` interval until SIGTERM; the last pass's exit status."""
     from cowrie_stats.db.routing import create_db_engine
     from cowrie_stats.db.schema import check_schema
-    from cowrie_stats.ingest.reader import Ingester
+    from cowrie_stats.ingest.options import NO_LOG_FILES
+    from cowrie_stats.ingest.source import discover_sources
 
+    empty = discover_sources(args.paths).empty  # a missing PATH raises: nothing is read
+    if empty and not args.watch:
+        print(f"cowrie-stats: no log files in {', '.join(empty)} {NO_LOG_FILES}", file=sys.stderr)
+        return 1
     engine = create_db_engine(settings.database_url, settings, writer=True)
-    tty = sys.stderr.isatty() and not args.json
     stop = {"now": False}
 
     def _stop(_signum: int, _frame: object) -> None:
@@ -95,28 +104,45 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     try:
         check_schema(engine)
         while True:
-            ingester = Ingester(
-                engine,
-                default_sensor=args.sensor,
-                batch_lines=args.batch_lines,
-                progress=_show_progress if tty else None,
-                workers=settings.ingest_workers,
-            )
-            summary = ingester.ingest(args.paths)
-            if tty:
-                sys.stderr.write("\n")
-            print(summary.to_json(), flush=True)
+            status = _ingest_pass(args, settings, engine)
             if not args.watch or stop["now"]:
-                return 0
+                return status
             deadline = time.monotonic() + args.watch
             while time.monotonic() < deadline and not stop["now"]:
                 time.sleep(0.2)
             if stop["now"]:
-                return 0
+                return status
     finally:
         if exporter is not None:
             exporter.stop()
         engine.dispose()
+
+
+def _ingest_pass(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    """Read every PATH once; prints the summary and the problems, returns the exit status."""
+    from cowrie_stats.ingest.reader import Ingester
+    from cowrie_stats.ingest.report import ProgressBar, print_problems, print_tables
+
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    ingester = Ingester(
+        engine,
+        default_sensor=args.sensor,
+        batch_lines=args.batch_lines,
+        progress=bar,
+        workers=settings.ingest_workers,
+        max_line_bytes=settings.ingest_max_line_bytes,
+    )
+    try:
+        summary = ingester.ingest(args.paths)
+    finally:
+        if bar is not None:
+            bar.close()
+    if sys.stdout.isatty() and not args.json:
+        print_tables(summary, sys.stdout)
+    else:
+        print(summary.to_json(), flush=True)
+    print_problems(summary, sys.stderr)
+    return summary.exit_code
 
 
 def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
@@ -197,13 +223,34 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="upgrade the database schema (alembic upgrade head)"
     ).set_defaults(func=cmd_migrate)
 
-    ingest = sub.add_parser("ingest", help="load Cowrie JSON logs (files, .gz, dirs, - for stdin)")
-    ingest.add_argument("paths", nargs="+", metavar="PATH")
-    ingest.add_argument("--sensor", help="sensor name for events that carry none")
-    ingest.add_argument("--batch-lines", type=int, default=5000, help="lines per transaction")
-    ingest.add_argument("--json", action="store_true", help="no progress bar, JSON summary only")
+    from cowrie_stats.ingest import options
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="load Cowrie JSON logs (files, .gz, dirs, - for stdin)",
+        description=options.DESCRIPTION,
+        epilog=options.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ingest.add_argument(
-        "--watch", type=float, default=0.0, metavar="SECONDS", help="re-scan every SECONDS"
+        "paths", nargs="+", metavar="PATH", help="log file (plain or gzip), directory, or -"
+    )
+    ingest.add_argument("--sensor", help="sensor name for events that carry none")
+    ingest.add_argument(
+        "--batch-lines",
+        type=options.batch_lines,
+        default=5000,
+        metavar="N",
+        help="lines per transaction, 1 to 1,000,000 (default 5000)",
+    )
+    ingest.add_argument(
+        "--json", action="store_true", help="no progress bar; the summary as one JSON object"
+    )
+    ingest.add_argument(
+        "--watch",
+        type=options.watch_seconds,
+        metavar="SECONDS",
+        help="after a pass, wait SECONDS (> 0) and read again, until SIGTERM",
     )
     ingest.set_defaults(func=cmd_ingest)
 

@@ -65,6 +65,9 @@ class Settings:
     # ingest process itself. One measured as fast as two on 2 cores (the writer
     # and PostgreSQL are the bottleneck), with less CPU taken from PostgreSQL.
     ingest_workers: int = 1
+    # Longest log line `cowrie-stats ingest` reads; longer ones are dead-lettered
+    # and skipped without being held in memory (attackers write the logs).
+    ingest_max_line_bytes: int = 1 << 20
 
     @property
     def primary_url(self) -> URL:
@@ -221,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
         ingest_workers=_int(env, "INGEST_WORKERS", 1, 0, 64),
+        ingest_max_line_bytes=_int(env, "INGEST_MAX_LINE_BYTES", 1 << 20, 4096, 256 << 20),
     )
 
 

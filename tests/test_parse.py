@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cowrie_stats.ingest.parse import (
+    MAX_DURATION_S,
     MAX_RAW_CHARS,
+    MAX_TS_US,
+    MIN_TS_US,
+    UNFORESEEN,
+    ParsedEvent,
     UnusableLineError,
     dead_letter_text,
+    format_timestamp,
     normalise_ip,
     parse_line,
     parse_timestamp,
@@ -165,11 +173,158 @@ def test_dead_letter_text_is_truncated_and_nul_free() -> None:
     assert len(text) < MAX_RAW_CHARS + 20
 
 
+def parsed_or_reason(raw: bytes | str) -> ParsedEvent | None:
+    """parse_line's answer, checked: storable as it is, or a reason a rule names."""
+    try:
+        event = parse_line(raw)
+    except UnusableLineError as exc:
+        reason = str(exc)
+        reason.encode("utf-8")  # the reason is stored too
+        if reason.startswith(UNFORESEEN):
+            pytest.fail(f"no rule names this failure: {reason}")
+        return None
+    if event is not None:
+        assert_storable(event)
+    return event
+
+
+def assert_storable(event: ParsedEvent) -> None:
+    for name, value in event._asdict().items():
+        if isinstance(value, str):
+            assert "\x00" not in value, name
+            value.encode("utf-8")  # strict: no lone surrogate reaches the database
+    assert MIN_TS_US <= event.ts_us <= MAX_TS_US
+    format_timestamp(event.ts_us)
+    for port in (event.src_port, event.dst_port):
+        assert port is None or 0 <= port <= 65_535
+    assert event.duration_s is None or 0 <= event.duration_s <= MAX_DURATION_S
+    assert len(event.hash) == 16
+
+
+# Any JSON value, with lone surrogates, huge integers, deep nesting and odd floats.
+ANY_TEXT = st.text(st.characters(codec=None), max_size=12)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63, max_value=10**400)
+    | st.floats()
+    | ANY_TEXT
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3)
+    ),
+    max_leaves=12,
+)
+OFFSETS = st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23))
+TIMESTAMPS = st.one_of(
+    st.builds(
+        lambda moment, offset: moment.replace(tzinfo=timezone(offset)).isoformat(),
+        st.datetimes(),
+        OFFSETS,
+    ),
+    st.datetimes().map(datetime.isoformat),
+    ANY_TEXT,
+    JSON_VALUES,
+)
+KNOWN_FIELDS = {
+    "eventid": st.sampled_from(
+        [
+            "cowrie.session.connect",
+            "cowrie.login.failed",
+            "cowrie.login.success",
+            "cowrie.command.input",
+            "cowrie.session.file_download",
+            "cowrie.session.closed",
+            "cowrie.client.version",
+            "KIPP0001",
+        ]
+    ),
+    "session": ANY_TEXT,
+    "timestamp": TIMESTAMPS,
+    "sensor": JSON_VALUES,
+    "src_ip": JSON_VALUES,
+    "src_port": JSON_VALUES,
+    "dst_port": JSON_VALUES,
+    "protocol": JSON_VALUES,
+    "username": JSON_VALUES,
+    "password": JSON_VALUES,
+    "input": JSON_VALUES,
+    "shasum": JSON_VALUES,
+    "url": JSON_VALUES,
+    "outfile": JSON_VALUES,
+    "duration": JSON_VALUES,
+    "duration_ms": JSON_VALUES,
+    "version": JSON_VALUES,
+}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_crash(raw: bytes) -> None:
-    with contextlib.suppress(UnusableLineError):
-        parse_line(raw)
+    parsed_or_reason(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_any_json_value_is_an_event_or_a_reason(value: object) -> None:
+    parsed_or_reason(json.dumps(value))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"eventid": KNOWN_FIELDS["eventid"], "session": ANY_TEXT, "timestamp": TIMESTAMPS},
+        optional={
+            k: v for k, v in KNOWN_FIELDS.items() if k not in ("eventid", "session", "timestamp")
+        },
+    ),
+    st.dictionaries(ANY_TEXT, JSON_VALUES, max_size=3),
+)
+def test_any_fields_of_an_event_are_stored_safely_or_dead_lettered(
+    fields: dict[str, object], extra: dict[str, object]
+) -> None:
+    parsed_or_reason(json.dumps({**extra, **fields}))
+
+
+def test_deep_nesting_is_refused_the_same_at_any_stack_depth() -> None:
+    deep = json.dumps({**BASE, "x": [[[[0]]]]}).replace("[[[[0]]]]", "[" * 200 + "]" * 200)
+    with pytest.raises(UnusableLineError, match="nested deeper than 128 levels"):
+        parse_line(deep)
+    shallow = json.dumps({**BASE, "x": [[[0]]]}).replace("[[[0]]]", "[" * 127 + "]" * 127)
+    assert parse_line(shallow) is not None  # exactly 128 levels with the event object
+
+
+def test_timestamps_outside_the_years_1_to_9999_are_refused() -> None:
+    assert parse_timestamp("0001-01-01T00:00:00Z") == MIN_TS_US
+    assert parse_timestamp("9999-12-31T23:59:59.999999Z") == MAX_TS_US
+    for stamp in ("0001-01-01T00:59:59+01:00", "9999-12-31T23:00:00-01:00"):
+        with pytest.raises(UnusableLineError, match="outside the years 1-9999"):
+            parse_timestamp(stamp)
+
+
+def test_ports_and_durations_that_do_not_fit_are_none() -> None:
+    closed = {"eventid": "cowrie.session.closed"}
+    for port in ("²", "١٢", "99999", "0x16", " 22 ", 22.5, True, 2**70, -1):
+        event = parse_line(line(src_port=port))
+        assert event is not None
+        assert event.src_port == (22 if port == " 22 " else None)
+    for duration in ("1e999", float("nan"), -1, 2**31, "inf"):
+        event = parse_line(json.dumps({**BASE, **closed, "duration": duration}))
+        assert event is not None and event.duration_s is None
+    huge = parse_line(json.dumps({**BASE, **closed})[:-1] + ', "duration": 1' + "0" * 400 + "}")
+    assert huge is not None and huge.duration_s is None
+
+
+def test_an_unforeseen_failure_is_still_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_fields: object) -> None:
+        raise KeyError("a case no rule names")
+
+    monkeypatch.setattr("cowrie_stats.ingest.parse._required", broken)
+    with pytest.raises(UnusableLineError, match=re.escape(f"{UNFORESEEN}: KeyError")):
+        parse_line(line())
 
 
 @settings(max_examples=200, deadline=None)

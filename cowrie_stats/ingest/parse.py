@@ -1,9 +1,15 @@
 """Turn one raw Cowrie log line into a normalised event, or a reason it is unusable.
 
-Rules (shared/COUNTING.md): NULs are removed from all text first; an event is
-usable when it is a JSON object with a string ``eventid``, a string ``session``
-and a parseable ``timestamp``; two events are the same when their content is
-equal after NUL removal with timestamps compared as instants.
+Rules (docs/api.md, counting rules): NULs are removed from all text first; an
+event is usable when it is a JSON object with a string ``eventid``, a string
+``session`` and a parseable ``timestamp`` inside the years 1-9999 (UTC); two
+events are the same when their content is equal after NUL removal with
+timestamps compared as instants.
+
+Every line is written by attackers, so :func:`parse_line` raises nothing but
+:class:`UnusableLineError`, and what it returns is always storable: text is
+valid UTF-8 without lone surrogates, integers fit their columns, nesting is
+bounded (the same limit in every process, so parallel runs count the same).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import functools
 import hashlib
 import ipaddress
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -35,6 +40,19 @@ SESSION_CLOSED = "cowrie.session.closed"
 CLIENT_VERSION = "cowrie.client.version"
 PROTOCOLS = ("ssh", "telnet")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NAIVE_EPOCH = datetime(1970, 1, 1)
+US = timedelta(microseconds=1)
+# The instants a timestamp may name: those of google.protobuf.Timestamp, which
+# the API answers with (0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z).
+MIN_TS_US = (datetime(1, 1, 1) - NAIVE_EPOCH) // US
+MAX_TS_US = (datetime(9999, 12, 31, 23, 59, 59, 999_999) - NAIVE_EPOCH) // US
+# Deeper JSON is dead-lettered: far beyond any Cowrie event, and below the
+# depth where orjson (255) or Python's recursion limit would decide instead.
+MAX_JSON_DEPTH = 128
+MAX_PORT = 65_535
+# Longer "durations" (68 years) are not Cowrie sessions; their sum could overflow.
+MAX_DURATION_S = 2**31 - 1
+MAX_IP_CHARS = 64  # longer src_ip text is no address: kept verbatim, never cached
 CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 # Cowrie 1.x / kippo-era names of fields we read, mapped to today's names.
@@ -88,7 +106,15 @@ class ParsedEvent(NamedTuple):
 
 
 class UnusableLineError(ValueError):
-    """The line cannot become an event; the message is the dead-letter reason."""
+    """The line cannot become an event; the message is the dead-letter reason.
+
+    ``sensor`` is the sensor the line names (or the default one), when it is a
+    JSON object: its dead letter then counts in that sensor's summary.
+    """
+
+    def __init__(self, reason: str, sensor: str | None = None) -> None:
+        super().__init__(reason)
+        self.sensor = sensor
 
 
 def strip_nul(value: Any) -> Any:
@@ -106,15 +132,21 @@ def parse_timestamp(value: Any) -> int:
     """Microseconds since the epoch (UTC) of an ISO 8601 timestamp; naive means UTC."""
     if not isinstance(value, str):
         raise UnusableLineError("timestamp is missing or not a string")
-    text = value.strip()
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise UnusableLineError(f"unparseable timestamp {value[:64]!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        raise UnusableLineError(f"unparseable timestamp {_excerpt(value)}") from None
+    # Naive arithmetic: an offset can move year 1 or 9999 out of datetime's range.
+    delta = moment.replace(tzinfo=None) - NAIVE_EPOCH - (moment.utcoffset() or timedelta())
+    ts_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not MIN_TS_US <= ts_us <= MAX_TS_US:
+        raise UnusableLineError(f"timestamp {_excerpt(value)} is outside the years 1-9999 (UTC)")
+    return ts_us
+
+
+def _excerpt(value: str) -> str:
+    """The start of an attacker's string, quoted and storable, for a dead-letter reason."""
+    return repr(clean_text(value[:64]))
 
 
 def format_timestamp(ts_us: int) -> str:
@@ -135,6 +167,8 @@ def normalise_ip(value: Any) -> str | None:
     """Canonical text of an IPv4/IPv6 address; non-IP strings are kept verbatim."""
     if not isinstance(value, str) or value == "":
         return None
+    if len(value) > MAX_IP_CHARS:  # no address; and the cache must not hold it
+        return clean_text(value)
     return _canonical_ip(value)
 
 
@@ -143,17 +177,20 @@ def _canonical_ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value.strip().strip("[]")))
     except ValueError:
-        return value
+        return clean_text(value)
 
 
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
+def _port(value: Any) -> int | None:
+    """A port number (0-65535, or its ASCII decimal text); anything else is no port."""
+    if isinstance(value, str):
+        text = value.strip()
+        # isdecimal() alone also admits "²"-like and non-ASCII digits.
+        if not (text.isascii() and text.isdecimal() and len(text) <= 5):
+            return None
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    if isinstance(value, int):
-        return value if -(2**31) <= value < 2**31 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return _int_or_none(int(value.strip()))
-    return None
+    return value if 0 <= value <= MAX_PORT else None
 
 
 def _seconds(value: Any) -> float | None:
@@ -161,9 +198,9 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: integers past 1e308
         return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return seconds if 0 <= seconds <= MAX_DURATION_S else None  # also refuses NaN
 
 
 def session_duration(fields: dict[str, Any]) -> float | None:
@@ -194,8 +231,11 @@ def _decode(line: bytes | str) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def _clean_surrogates(text: str) -> str:
-    # JSON may carry lone surrogate escapes that no UTF-8 database can store.
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (JSON escapes, undecodable file names) as "?".
+
+    No UTF-8 database can store them.
+    """
     if text.isascii():
         return text
     return text.encode("utf-8", errors="replace").decode("utf-8")
@@ -203,18 +243,50 @@ def _clean_surrogates(text: str) -> str:
 
 def parse_line(line: bytes | str, default_sensor: str | None = None) -> ParsedEvent | None:
     """Parse one line. ``None`` for a blank line; raises :class:`UnusableLineError` otherwise."""
+    try:
+        return _parse(line, default_sensor)
+    except UnusableLineError:
+        raise
+    except Exception as exc:  # a case no rule foresaw must still not stop the ingest
+        raise UnusableLineError(f"{UNFORESEEN}: {type(exc).__name__}: {exc}"[:200]) from exc
+
+
+# Prefix of the reason of a line that failed in a way no rule names (the fuzz
+# tests fail on it: each such case deserves its own rule).
+UNFORESEEN = "unusable line (unforeseen parse failure)"
+
+
+def _parse(line: bytes | str, default_sensor: str | None) -> ParsedEvent | None:
     text = _decode(line).replace("\x00", "").strip()
     if not text:
         return None
     obj = _loads(text)
     if not isinstance(obj, dict):
         raise UnusableLineError(f"JSON value is a {type(obj).__name__}, not an object")
+    # Brackets (also those inside strings) bound the depth: most lines need no walk.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(obj) > MAX_JSON_DEPTH:
+        raise UnusableLineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     # Raw NULs are gone already; inside strings they can only come from escapes.
     fields: dict[str, Any] = strip_nul(obj) if "\\u0000" in text else obj
     for old, new in LEGACY_FIELDS.items():
         if old in fields and new not in fields:
             fields[new] = fields.pop(old)
     return _build_event(fields, default_sensor)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:  # deeper is already too deep
+                stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _loads(text: str) -> Any:
@@ -224,7 +296,9 @@ def _loads(text: str) -> Any:
         pass  # lone surrogates or integers beyond 64 bits: the json module takes those
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise UnusableLineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # also integers of more than 4,300 digits
         raise UnusableLineError(f"not valid JSON: {str(exc)[:120]}") from None
 
 
@@ -238,41 +312,49 @@ def _canonical(identity: dict[str, Any]) -> bytes:
 
 
 def _build_event(fields: dict[str, Any], default_sensor: str | None) -> ParsedEvent:
-    eventid = fields.get("eventid")
-    if not isinstance(eventid, str):
-        raise UnusableLineError("eventid is missing or not a string")
-    session = fields.get("session")
-    if not isinstance(session, str):
-        raise UnusableLineError("session is missing or not a string")
-    ts_us = parse_timestamp(fields.get("timestamp"))
     sensor = fields.get("sensor")
     if not isinstance(sensor, str) or sensor == "":
         sensor = default_sensor or UNKNOWN_SENSOR
+    try:
+        eventid, session, ts_us = _required(fields)
+    except UnusableLineError as exc:
+        raise UnusableLineError(str(exc), clean_text(sensor)) from None
     eventid = LEGACY_EVENTIDS.get(eventid, eventid)
     stamp = canonical_timestamp(fields["timestamp"], ts_us)
     identity = dict(fields, eventid=eventid, sensor=sensor, timestamp=stamp)
     canonical = _canonical(identity)
     return ParsedEvent(
         hash=hashlib.blake2b(canonical, digest_size=HASH_BYTES).digest(),
-        sensor=_clean_surrogates(sensor),
-        session=_clean_surrogates(session),
-        eventid=_clean_surrogates(eventid),
+        sensor=clean_text(sensor),
+        session=clean_text(session),
+        eventid=clean_text(eventid),
         ts_us=ts_us,
         raw=canonical.decode("utf-8"),
         **_details(eventid, fields),
     )
 
 
+def _required(fields: dict[str, Any]) -> tuple[str, str, int]:
+    """The eventid, session and timestamp every usable event has."""
+    eventid = fields.get("eventid")
+    if not isinstance(eventid, str):
+        raise UnusableLineError("eventid is missing or not a string")
+    session = fields.get("session")
+    if not isinstance(session, str):
+        raise UnusableLineError("session is missing or not a string")
+    return eventid, session, parse_timestamp(fields.get("timestamp"))
+
+
 def _details(eventid: str, fields: dict[str, Any]) -> dict[str, Any]:
     """The per-eventid fields the statistics read."""
     details: dict[str, Any] = {
         "src_ip": normalise_ip(fields.get("src_ip")),
-        "src_port": _int_or_none(fields.get("src_port")),
+        "src_port": _port(fields.get("src_port")),
     }
     if eventid == SESSION_CONNECT:
-        protocol = _str_or_none(fields.get("protocol"))
+        protocol = _text(fields.get("protocol"))
         details["protocol"] = protocol.lower() if protocol else None
-        details["dst_port"] = _int_or_none(fields.get("dst_port"))
+        details["dst_port"] = _port(fields.get("dst_port"))
     elif eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
         details["username"] = _text(fields.get("username"))
         details["password"] = _text(fields.get("password"))
@@ -290,10 +372,10 @@ def _details(eventid: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    return _clean_surrogates(value) if isinstance(value, str) else None
+    return clean_text(value) if isinstance(value, str) else None
 
 
 def dead_letter_text(line: bytes | str) -> str:
     """What a dead-letter record keeps of a line: NUL-free text, truncated."""
-    text = _clean_surrogates(_decode(line).replace("\x00", ""))
+    text = clean_text(_decode(line).replace("\x00", ""))
     return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + "…[truncated]"

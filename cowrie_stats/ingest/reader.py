@@ -7,6 +7,11 @@ different file that happens to share the first line (it is read from the start).
 The cursor is committed in the same transaction as the batch it covers: a run
 killed at any point resumes with exactly the totals of an uninterrupted one.
 
+Nothing a file holds stops the run: lines are read up to a length limit and
+batches are bounded in bytes (memory stays flat), every unusable line is a dead
+letter, a row the database refuses is isolated (store.py), and a file that
+cannot be read to its end is recorded and left for the next file.
+
 Large inputs are parsed in worker processes (``workers``) while this process
 writes: batches are cut and committed exactly as in a serial run, in order, with
 at most ``workers + 1`` batches parsed ahead so memory stays flat. The workers
@@ -20,27 +25,52 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from sqlalchemy import Engine
 
 from cowrie_stats import metrics
-from cowrie_stats.ingest.batch import ParsedBatch, parse_batch, worker_ready
-from cowrie_stats.ingest.values import ValueIds
-from cowrie_stats.ingest.writer import BatchWriter, CursorState, load_cursor
+from cowrie_stats.ingest.batch import (
+    DeadLetterRecord,
+    Line,
+    OverlongLine,
+    ParsedBatch,
+    parse_batch,
+    worker_ready,
+)
+from cowrie_stats.ingest.parse import clean_text
+from cowrie_stats.ingest.source import (
+    DEFAULT_MAX_LINE_BYTES,
+    READ_ERRORS,
+    STDIN,
+    TAIL_BYTES,
+    ReadFailure,
+    Source,
+    batches,
+    decompressed,
+    discover,
+    discover_sources,
+    is_log_file,
+    open_source,
+    read_lines,
+)
+from cowrie_stats.ingest.store import store_batch
+from cowrie_stats.ingest.summary import IngestSummary
+from cowrie_stats.ingest.writer import CursorState, load_cursor
 
-HEAD_BYTES = 4096
+HEAD_BYTES = TAIL_BYTES
 DEFAULT_BATCH_LINES = 5000
+# A batch also ends at this many bytes of lines: lines near the length limit
+# must not make a batch of 5,000 lines gigabytes large.
+BATCH_BYTES = 16 << 20
 # Below this many lines in one run, starting worker processes (about 0.3 s)
 # costs more than it saves: tests and the demo sample never start them.
 PARALLEL_AFTER_LINES = 50_000
@@ -49,64 +79,14 @@ PARALLEL_AFTER_LINES = 50_000
 # the count of lines read still starts the workers).
 LINE_BYTES = 300
 GZIP_RATIO = 10
-GZIP_MAGIC = b"\x1f\x8b"
-STDIN = "-"
+STDIN_NAME = "<stdin>"
+
+__all__ = ["STDIN", "IngestSummary", "Ingester", "discover", "is_log_file"]
 
 
-@dataclass
-class IngestSummary:
-    """Totals of one ingest run, printed as one JSON line."""
-
-    files: int = 0
-    lines_read: int = 0
-    events_stored: int = 0
-    duplicates_skipped: int = 0
-    dead_lettered: int = 0
-    blank_lines: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-    sources: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("sources")
-        data["seconds"] = round(self.seconds, 3)
-        return json.dumps(data, sort_keys=True)
-
-
-def is_log_file(path: Path) -> bool:
-    """Cowrie JSON logs as found in a log directory: cowrie.json, rotations, .gz."""
-    name = path.name
-    return ".json" in name and not name.startswith(".")
-
-
-def discover(paths: Iterable[str]) -> Iterator[str]:
-    """Expand directories recursively into their log files, in a stable order."""
-    for raw in paths:
-        if raw == STDIN:
-            yield raw
-            continue
-        path = Path(raw)
-        if path.is_dir():
-            yield from (str(p) for p in sorted(path.rglob("*")) if p.is_file() and is_log_file(p))
-        elif path.exists():
-            yield raw
-        else:
-            raise FileNotFoundError(f"no such file or directory: {raw}")
-
-
-def _open(path: str) -> tuple[BinaryIO, bool]:
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    compressed = raw.read(2) == GZIP_MAGIC
-    raw.seek(0)
-    if compressed:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
-    return raw, False
-
-
-def _head_hash(path: str) -> bytes:
-    stream, _ = _open(path)
-    with stream:
+def _head_hash(source: Source) -> bytes:
+    stream, disk, _ = open_source(source)
+    with disk, stream:
         head = stream.readline(HEAD_BYTES)
     return hashlib.sha256(head).digest()
 
@@ -115,12 +95,22 @@ def _tail_hash(tail: bytes) -> bytes:
     return hashlib.sha256(tail[-HEAD_BYTES:]).digest()
 
 
+def describe_read_error(error: BaseException) -> str:
+    """One line on why a file could not be read on: unreadable, or damaged gzip."""
+    if isinstance(error, gzip.BadGzipFile | EOFError) or "decompressing" in str(error):
+        return f"damaged gzip: {error}"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}"
+
+
 @dataclass
 class _Pending:
     """A batch handed to the parser, with the cursor to commit once it is stored."""
 
     parsed: Future[ParsedBatch] | ParsedBatch
     cursor: CursorState | None
+    disk_offset: int  # how far into the file on disk the batch's lines reach
 
     def result(self) -> ParsedBatch:
         return self.parsed.result() if isinstance(self.parsed, Future) else self.parsed
@@ -148,6 +138,7 @@ class Ingester:
         progress: Callable[[IngestSummary], None] | None = None,
         workers: int = 0,
         parallel_after_lines: int = PARALLEL_AFTER_LINES,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.engine = engine
         self.default_sensor = default_sensor
@@ -155,8 +146,8 @@ class Ingester:
         self.progress = progress
         self.workers = workers
         self.parallel_after_lines = parallel_after_lines
+        self.max_line_bytes = max_line_bytes
         self.summary = IngestSummary()
-        self._values = ValueIds()  # dictionary ids, cached across the run's batches
         self._started = time.monotonic()
         self._pool: Executor | None = None
         self._pool_ready: Future[None] | None = None
@@ -165,14 +156,22 @@ class Ingester:
         self.workers_started_after_lines: int | None = None
 
     def ingest(self, paths: Iterable[str], stdin: BinaryIO | None = None) -> IngestSummary:
+        found = discover_sources(paths)
+        self.summary.skipped.extend(found.skipped)
+        self.summary.empty_paths.extend(found.empty)
+        for path, reason in found.unreadable:
+            self._file_failed(clean_text(path), 0, reason)
+        sizes = [self._disk_size(source) for source in found.sources]
+        self.summary.disk_bytes_total = None if None in sizes else sum(filter(None, sizes))
         try:
-            for path in discover(paths):
+            for source, size in zip(found.sources, sizes, strict=True):
                 self.summary.files += 1
-                self.summary.sources.append(path)
-                if path == STDIN:
-                    self._ingest_stream(stdin or sys.stdin.buffer, "<stdin>", None)
+                self.summary.sources.append(source.path)
+                if source.path == STDIN:
+                    self._ingest_stdin(stdin or sys.stdin.buffer)
                 else:
-                    self._ingest_file(path)
+                    self._ingest_file(source)
+                self._report(self.summary.disk_bytes_done + (size or 0))
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
@@ -180,52 +179,99 @@ class Ingester:
         self.summary.seconds = time.monotonic() - self._started
         return self.summary
 
-    def _ingest_file(self, path: str) -> None:
-        head = _head_hash(path)
+    @staticmethod
+    def _disk_size(source: Source) -> int | None:
+        if source.path == STDIN:
+            return None
+        try:
+            return os.stat(source.path).st_size
+        except OSError:
+            return 0  # reported when it is opened
+
+    def _ingest_stdin(self, stdin: BinaryIO) -> None:
+        try:
+            stream, _ = decompressed(stdin)
+        except READ_ERRORS as exc:
+            self._file_failed(STDIN_NAME, 0, describe_read_error(exc))
+            return
+        self._ingest_stream(stream, STDIN_NAME, None, None)
+
+    def _ingest_file(self, source: Source) -> None:
+        name = clean_text(source.path)  # file names need not be UTF-8; the database's text is
+        try:
+            head = _head_hash(source)
+            stream, disk, compressed = open_source(source)
+        except READ_ERRORS as exc:
+            self._file_failed(name, 0, describe_read_error(exc))
+            return
+        with disk, stream:
+            try:
+                cursor = self._resume(source, stream, disk, compressed, head)
+            except READ_ERRORS as exc:
+                self._file_failed(name, 0, describe_read_error(exc))
+                return
+            self._ingest_stream(stream, name, cursor, disk)
+
+    def _resume(
+        self, source: Source, stream: BinaryIO, disk: BinaryIO, compressed: bool, head: bytes
+    ) -> CursorState:
+        """The file's cursor, with ``stream`` moved to it (to the start for a new file)."""
         with self.engine.connect() as conn:
             saved = load_cursor(conn, head)
-        stream, compressed = _open(path)
-        with stream:
-            offset, line_no, tail = 0, 0, b""
-            if saved is not None:
-                skipped = _skip(stream, saved[0])
-                if _tail_hash(skipped) == saved[2]:
-                    offset, line_no, tail = saved[0], saved[1], skipped
-                else:
-                    stream.seek(0)  # same first line, other content: read it all
-            stat = os.stat(path)
-            size = stat.st_size * (GZIP_RATIO if compressed else 1)
-            if (size - offset) // LINE_BYTES > self.parallel_after_lines:
-                self.start_workers()
-            cursor = CursorState(
-                head_hash=head,
-                path=os.path.abspath(path),
-                inode=stat.st_ino,
-                compressed=compressed,
-                offset=offset,
-                line_no=line_no,
-                tail_hash=_tail_hash(tail),
-            )
-            self._ingest_stream(stream, path, cursor)
+        offset, line_no, tail = 0, 0, b""
+        if saved is not None:
+            skipped = _skip(stream, saved[0])
+            if _tail_hash(skipped) == saved[2]:
+                offset, line_no, tail = saved[0], saved[1], skipped
+            else:
+                stream.seek(0)  # same first line, other content: read it all
+        stat = os.fstat(disk.fileno())
+        size = stat.st_size * (GZIP_RATIO if compressed else 1)
+        if (size - offset) // LINE_BYTES > self.parallel_after_lines:
+            self.start_workers()
+        return CursorState(
+            head_hash=head,
+            path=clean_text(os.path.abspath(source.path)),
+            inode=stat.st_ino,
+            compressed=compressed,
+            offset=offset,
+            line_no=line_no,
+            tail_hash=_tail_hash(tail),
+        )
 
-    def _ingest_stream(self, stream: BinaryIO, source: str, cursor: CursorState | None) -> None:
+    def _ingest_stream(
+        self, stream: BinaryIO, source: str, cursor: CursorState | None, disk: BinaryIO | None
+    ) -> None:
         # The cursor covers complete lines only: a last line without its newline
         # may still be being written, so it is read again next time.
         position = _Position(cursor.offset, cursor.line_no) if cursor else _Position(0, 0)
+        done_before = self.summary.disk_bytes_done
+        failure = ReadFailure()
+        lines = read_lines(stream, self.max_line_bytes, failure)
         pending: deque[_Pending] = deque()
-        for lines in _batches(stream, self.batch_lines):
+        for batch in batches(lines, self.batch_lines, BATCH_BYTES):
             first_line_no = position.line_no + 1
-            self._advance(position, lines)
-            parsed = self._parse(lines, source, first_line_no)
-            pending.append(_Pending(parsed, _cursor_at(cursor, position)))
+            self._advance(position, batch)
+            parsed = self._parse(batch, source, first_line_no)
+            reached = done_before + (disk.tell() if disk is not None else position.offset)
+            pending.append(_Pending(parsed, _cursor_at(cursor, position), reached))
             # Ordered and bounded: write the oldest batch once enough are in flight.
             while len(pending) > self.workers:
-                self._flush(pending.popleft())
+                self._flush(pending.popleft(), source)
         while pending:
-            self._flush(pending.popleft())
+            self._flush(pending.popleft(), source)
+        if failure.error is not None:  # what was read before the damage is stored above
+            self._file_failed(source, position.line_no + 1, describe_read_error(failure.error))
 
-    def _advance(self, position: _Position, lines: list[bytes]) -> None:
+    def _advance(self, position: _Position, lines: list[Line]) -> None:
         for line in lines:
+            if isinstance(line, OverlongLine):
+                self.summary.bytes_read += line.length
+                if line.ended:
+                    position.offset += line.length
+                    position.line_no += 1
+                    position.last_line = line.tail
+                continue
             self.summary.bytes_read += len(line)
             if line.endswith(b"\n"):
                 position.offset += len(line)
@@ -233,7 +279,7 @@ class Ingester:
                 position.last_line = line
 
     def _parse(
-        self, lines: list[bytes], source: str, first_line_no: int
+        self, lines: list[Line], source: str, first_line_no: int
     ) -> Future[ParsedBatch] | ParsedBatch:
         self._lines_submitted += len(lines)
         if self._lines_submitted > self.parallel_after_lines:
@@ -266,33 +312,26 @@ class Ingester:
             return self._pool
         return None
 
-    def _flush(self, pending: _Pending) -> None:
+    def _flush(self, pending: _Pending, source: str) -> None:
         batch = pending.result()
-        self.summary.lines_read += batch.lines
-        self.summary.blank_lines += batch.blank
-        with self.engine.begin() as conn:
-            result = BatchWriter(conn, self._values).write(batch.events, batch.dead, pending.cursor)
-        self.summary.events_stored += result.stored
-        self.summary.duplicates_skipped += result.duplicates
-        self.summary.dead_lettered += result.dead_lettered
-        metrics.INGESTED_EVENTS.inc(result.stored)
-        metrics.INGEST_DUPLICATES.inc(result.duplicates)
-        metrics.INGEST_DEAD_LETTERED.inc(result.dead_lettered)
+        stored = store_batch(self.engine, batch, pending.cursor, source)
+        self.summary.add_batch(source, batch, stored)
+        metrics.INGESTED_EVENTS.inc(stored.stored)
+        metrics.INGEST_DUPLICATES.inc(stored.duplicates)
+        metrics.INGEST_DEAD_LETTERED.inc(stored.dead_lettered)
+        self._report(pending.disk_offset)
+
+    def _report(self, disk_bytes_done: int) -> None:
+        self.summary.disk_bytes_done = disk_bytes_done
         if self.progress is not None:
             self.summary.seconds = time.monotonic() - self._started
             self.progress(self.summary)
 
-
-def _batches(stream: BinaryIO, size: int) -> Iterator[list[bytes]]:
-    """The stream's lines in lists of ``size`` (the last list may be shorter)."""
-    batch: list[bytes] = []
-    for line in stream:
-        batch.append(line)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    def _file_failed(self, source: str, line_no: int, reason: str) -> None:
+        """Record a file that could not be read (on): a dead letter, and in the summary."""
+        record = DeadLetterRecord(source, line_no, f"file not read to its end: {reason}", "")
+        store_batch(self.engine, ParsedBatch(dead=[record]), None, source)
+        self.summary.file_failed(source, line_no, reason)
 
 
 def _cursor_at(cursor: CursorState | None, position: _Position) -> CursorState | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
 
 from cowrie_stats.ingest.parse import HASH_BYTES
 
@@ -37,6 +40,14 @@ class ValueIds:
     def __init__(self) -> None:
         self._cached: dict[Value, int] = {}
 
+    @classmethod
+    def of(cls, engine: Engine) -> ValueIds:
+        """The cache shared by every batch written through ``engine``."""
+        known = _BY_ENGINE.get(engine)
+        if known is None:
+            known = _BY_ENGINE[engine] = cls()
+        return known
+
     def resolve(self, bulk: BulkOps, values: Iterable[Value]) -> dict[Value, int]:
         wanted = set(values)
         ids = {value: self._cached[value] for value in wanted if value in self._cached}
@@ -64,3 +75,6 @@ class ValueIds:
         if len(self._cached) >= MAX_CACHED:
             self._cached.clear()  # crude, and rare: a run sees few distinct values
         self._cached[value] = value_id
+
+
+_BY_ENGINE: weakref.WeakKeyDictionary[Engine, ValueIds] = weakref.WeakKeyDictionary()

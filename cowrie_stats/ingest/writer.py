@@ -91,12 +91,12 @@ class BatchResult:
 class BatchWriter:
     """Stores batches of parsed events; one call is one transaction.
 
-    ``values`` caches dictionary ids across the batches of a run.
+    ``values`` caches dictionary ids across batches (by default, per engine).
     """
 
     def __init__(self, conn: Connection, values: ValueIds | None = None) -> None:
         self.bulk = BulkOps.for_connection(conn)
-        self.values = values or ValueIds()
+        self.values = values or ValueIds.of(conn.engine)
         self._sensor_ids: dict[str, int] = {}
         self._longest_session: dict[int, int] = {}  # sensor id -> a lower bound
 
