@@ -52,8 +52,10 @@ STORED_TABLES = (
     "login_attempts",
     "commands",
     "downloads",
-    "hourly_rollups",
-    "daily_values",
+    "value_dictionary",
+    "rollups",
+    "rollup_sets",
+    "rollup_values",
     "events",
 )
 

@@ -134,8 +134,8 @@ def last_event_and_busiest_sensor(conn: psycopg.Connection[Any]) -> tuple[int, s
     """What the scenarios are built from: the newest event's time, the sensor with most events."""
     row = conn.execute(
         "SELECT (SELECT max(ts_us) FROM events),"
-        " (SELECT s.name FROM hourly_rollups h JOIN sensors s ON s.id = h.sensor_id"
-        "  GROUP BY s.name ORDER BY sum(h.events) DESC LIMIT 1)"
+        " (SELECT s.name FROM rollups r JOIN sensors s ON s.id = r.sensor_id"
+        "  WHERE r.level = 2 GROUP BY s.name ORDER BY sum(r.events) DESC LIMIT 1)"
     ).fetchone()
     assert row is not None and row[0] is not None, "no events loaded"
     return int(row[0]), str(row[1])

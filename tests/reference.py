@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,15 +50,18 @@ def _ip(value: Any) -> str | None:
         return value
 
 
-def _duration(event: dict[str, Any]) -> float | None:
+def _duration(event: dict[str, Any]) -> int | None:
+    """Whole microseconds (half up); unknown beyond 2**31 s (docs/api.md)."""
     for key, scale in (("duration", 1.0), ("duration_ms", 1000.0)):
         raw = event.get(key)
         if raw is None or isinstance(raw, bool):
             continue
         try:
-            return float(raw) / scale
+            seconds = float(raw) / scale
         except (TypeError, ValueError):
             continue
+        micros = math.floor(seconds * 1_000_000 + 0.5)
+        return micros if 0 <= micros <= 2**31 * US else None
     return None
 
 
@@ -114,7 +118,7 @@ class RefSession:
     end: int
     src_ip: str | None = None
     protocol: str = "unknown"
-    duration: float | None = None
+    duration: int | None = None  # microseconds
     commands: int = 0
     login_successes: int = 0
     events: list[RefEvent] = field(default_factory=list)
@@ -178,7 +182,7 @@ def session_stats(
         "max_commands_per_session": max((s.commands for s in chosen), default=0),
         "file_downloads": len(downloads),
         "unique_download_hashes": len({e.data["shasum"] for e in downloads}),
-        "avg_duration_seconds": sum(durations) / len(durations) if durations else 0.0,
+        "avg_duration_seconds": sum(durations) / len(durations) / US if durations else 0.0,
         "sessions_with_duration": len(durations),
         "sessions_by_protocol": dict(protocols),
     }

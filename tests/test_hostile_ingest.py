@@ -138,7 +138,7 @@ def test_poison_lines_are_dead_lettered_or_stored_and_the_run_goes_on(
         assert letters[line_no].startswith(start)
     with db.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT session, src_ip, src_port, dst_port, duration_s FROM sessions")
+            text("SELECT session, src_ip, src_port, dst_port, duration_us FROM sessions")
         )
         sessions = {row[0]: row[1:] for row in rows}
         assert conn.execute(text("SELECT username FROM login_attempts")).scalar_one() == "?"
@@ -591,3 +591,33 @@ def test_watching_a_directory_without_logs_yet_waits_for_them(
     assert proc.returncode == 0, err
     assert f"cowrie-stats: no log files in {logs} yet" in err
     assert sum(json.loads(line)["events_stored"] for line in out.splitlines()) == 1
+
+
+def test_values_of_any_length_are_stored_and_counted_exactly(
+    db: Database, tmp_path: Path, start_server: Any
+) -> None:
+    # Incompressible text longer than a PostgreSQL btree entry may be (2,704 bytes): once
+    # part of an index key, such a command stopped the PostgreSQL ingest for good.
+    rng = random.Random(5)
+    dropper = "echo " + "".join(
+        rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", k=20_000)
+    )
+    password = secrets.token_hex(8_000)
+    lines = [
+        event("v1", 1, eventid="cowrie.login.failed", username="root", password=password),
+        event("v1", 2, eventid="cowrie.command.input", input=dropper),
+        event("v2", 3, eventid="cowrie.login.failed", username=password, password=password),
+        event("v2", 4, eventid="cowrie.command.input", input=dropper),
+    ]
+    summary = db.ingest([write_log(tmp_path / "cowrie.json", lines)])
+    assert (summary.events_stored, summary.dead_lettered) == (4, 0)
+    from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+
+    reply = start_server(db.settings()).stub.GetThreatStats(stats_pb2.GetThreatStatsRequest())
+    assert [(c.value, c.count, c.sessions) for c in reply.top_commands] == [(dropper, 2, 2)]
+    assert [(p.value, p.count) for p in reply.top_passwords] == [(password, 2)]
+    assert reply.unique_usernames == 2
+    assert [(c.username, c.password, c.attempts) for c in reply.top_credentials] == [
+        (password, password, 1),
+        ("root", password, 1),
+    ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import summaries_definition
 from conftest import Database, make_database
 from sqlalchemy import Engine, text
 
@@ -36,20 +37,9 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             for row in conn.execute(
                 text(
                     "SELECT s.name, x.session, x.start_ts_us, x.end_ts_us, x.src_ip, x.protocol,"
-                    " x.duration_s, x.events, x.login_attempts, x.login_successes, x.commands,"
+                    " x.duration_us, x.events, x.login_attempts, x.login_successes, x.commands,"
                     " x.downloads, x.dst_port, x.client_version"
                     " FROM sessions x JOIN sensors s ON s.id = x.sensor_id"
-                )
-            )
-        )
-        rollups = sorted(
-            tuple(row)
-            for row in conn.execute(
-                text(
-                    "SELECT s.name, hour, sessions, events, login_attempts, login_successes,"
-                    " commands, downloads FROM hourly_rollups r"
-                    " JOIN sensors s ON s.id = r.sensor_id"
-                    " WHERE sessions <> 0 OR events <> 0"
                 )
             )
         )
@@ -65,47 +55,21 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             str(name): int(span)
             for name, span in conn.execute(text("SELECT name, max_session_us FROM sensors"))
         }
-        daily = sorted(
-            tuple(row)
-            for row in conn.execute(
-                text(
-                    "SELECT d.kind, d.day, s.name, d.value, d.uses, d.first_uses,"
-                    " d.first_ts_us, d.last_ts_us FROM daily_values d"
-                    " JOIN sensors s ON s.id = d.sensor_id"
-                )
-            )
-        )
     return {
         "counts": counts,
         "sessions": sessions,
-        "rollups": rollups,
         "first_use_flags": flags,
         "longest_sessions": longest,
-        "daily_values": daily,
+        **summaries_definition.stored(engine),
     }
 
 
-def daily_values_by_definition(engine: Engine) -> list[tuple[Any, ...]]:
-    """What daily_values should hold, aggregated here in Python from the raw rows."""
-    figures: dict[tuple[Any, ...], list[int]] = {}
-    day = 86_400_000_000
-    kinds = {"username": 1, "password": 2, "input": 3, "shasum": 4}
-    with engine.connect() as conn:
-        for table, pairs in FIRST_USE_FLAGS.items():
-            for value, flag in pairs:
-                rows = conn.execute(
-                    text(
-                        f"SELECT s.name, t.ts_us, t.{value}, t.{flag} FROM {table} t"
-                        f" JOIN sensors s ON s.id = t.sensor_id WHERE t.{value} IS NOT NULL"
-                    )
-                )
-                for sensor, ts_us, used, first in rows:
-                    key = (kinds[value], ts_us // day, sensor, used)
-                    row = figures.setdefault(key, [0, 0, ts_us, ts_us])
-                    row[0] += 1
-                    row[1] += int(first)
-                    row[2], row[3] = min(row[2], ts_us), max(row[3], ts_us)
-    return sorted((*key, *values) for key, values in figures.items())
+def assert_summaries_as_defined(engine: Engine) -> None:
+    """The incrementally kept summaries equal their recomputation from the raw rows."""
+    stored = summaries_definition.stored(engine)
+    defined = summaries_definition.defined(engine)
+    for part in ("rollups", "sets", "values"):
+        assert stored[part] == defined[part], part
 
 
 def first_use_flags_by_definition(engine: Engine) -> dict[str, list[str]]:
@@ -190,7 +154,7 @@ def test_overlapping_rotations_and_any_order_give_the_same_totals(
     db.ingest([part_a])
     stored = snapshot(db.engine)
     assert stored["first_use_flags"] == first_use_flags_by_definition(db.engine)
-    assert stored["daily_values"] == daily_values_by_definition(db.engine)
+    assert_summaries_as_defined(db.engine)
     reference = make_database("sqlite", tmp_path / "ref", request)
     (tmp_path / "ref").mkdir(exist_ok=True)
     reference.ingest([sample])
@@ -456,7 +420,7 @@ def test_earlier_uses_read_later_move_the_flags_and_daily_first_uses(
     db.ingest([early])  # both sessions' first uses of "root" move to the same day's rows
     stored = snapshot(db.engine)
     assert stored["first_use_flags"] == first_use_flags_by_definition(db.engine)
-    assert stored["daily_values"] == daily_values_by_definition(db.engine)
+    assert_summaries_as_defined(db.engine)
     in_order = make_database("sqlite", tmp_path, request)
     in_order.ingest([early, late])
     assert snapshot(in_order.engine) == stored

@@ -234,7 +234,7 @@ def test_sigterm_drains_a_slow_call(pg_db: Database) -> None:
     proc = _serve(pg_db.url, port)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     client = stats_pb2_grpc.CowrieStatsServiceStub(channel)
-    with ThreadPoolExecutor(1) as pool, table_locked(pg_db.url, "sessions"):
+    with ThreadPoolExecutor(1) as pool, table_locked(pg_db.url, "rollups"):
         future: Future[Any] = pool.submit(
             client.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
         )
@@ -252,7 +252,7 @@ def test_deadline_cancels_the_query_on_postgresql(
     pg_db: Database, start_server: StartServer
 ) -> None:
     running = start_server(pg_db.settings(replica_urls=()))
-    with table_locked(pg_db.url, "sessions"):
+    with table_locked(pg_db.url, "rollups"):
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest(), timeout=0.5)
@@ -268,7 +268,7 @@ def test_excess_concurrent_calls_get_resource_exhausted(
     running = start_server(
         pg_db.settings(max_concurrent_rpcs=2, replica_urls=(), result_cache_entries=0)
     )
-    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "sessions"):
+    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "rollups"):
         slow = [
             pool.submit(
                 running.stub.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
@@ -287,7 +287,7 @@ def test_in_process_stop_flips_health_before_draining(
 ) -> None:
     running: RunningServer = start_server(pg_db.settings(replica_urls=()))
     server = running.server
-    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "sessions"):
+    with ThreadPoolExecutor(2) as pool, table_locked(pg_db.url, "rollups"):
         call = pool.submit(
             running.stub.GetSessionStats, stats_pb2.GetSessionStatsRequest(), timeout=20
         )
@@ -383,7 +383,7 @@ def test_watched_version_hits_without_sql_and_follows_ingest(
     request = stats_pb2.GetThreatStatsRequest(top_n=5)
     with statements_on(engines) as seen:
         first = running.stub.GetThreatStats(request)
-    assert any("daily_values" in sql for sql in seen)  # a miss queries
+    assert any("rollup_values" in sql for sql in seen)  # a miss queries
     with statements_on(engines) as seen:
         for _ in range(5):
             assert running.stub.GetThreatStats(request) == first

@@ -9,28 +9,28 @@ Design notes (the "why" behind the columns and indexes):
   canonical content: re-reading a file, overlapping rotations or the same
   events under another name insert nothing (dedup by content, not offset).
 * ``login_attempts``, ``commands`` and ``downloads`` are narrow per-event
-  tables keyed by the same hash, so each ranking scans one small index.
+  tables keyed by (time, the same hash); ``sessions`` is the denormalised
+  per-session summary maintained by the ingest (start, protocol, duration,
+  per-session counts).
 * The per-event tables have no foreign keys (migration 0003): their
   ``sensor_id``/``session_id`` are written by the ingest in the transaction that
-  creates or reads the sensor and session, nothing deletes either, and the
-  per-row constraint triggers cost about an eighth of the ingest's database time.
-* ``sessions`` is the denormalised per-session summary maintained by the
-  ingest (start, protocol, duration, per-session counts): session-level
-  figures never touch ``events``.
+  creates or reads the sensor and session, and the per-row constraint triggers
+  cost about an eighth of the ingest's database time.
+* Counted values (usernames, passwords, commands, hashes, source IPs,
+  credentials) are also held once each in ``value_dictionary`` and referred to
+  by id: attacker-written text is never part of an index key.
+* The summaries -- ``rollups`` (counters), ``rollup_sets`` (distinct values as
+  bitmaps) and ``rollup_values`` (per-value uses for the rankings) -- are kept
+  per sensor for every UTC minute, hour and day (cowrie_stats.timeline) by the
+  ingest, in the batch's transaction. A window is answered from its whole
+  pieces and the raw rows of its partial minutes at most (docs/architecture.md).
 * ``*_first`` flags on the per-event tables mark, for each (session, value), the
-  session's first row with that value (by timestamp, then hash). Counting the
-  flagged rows of a value counts its distinct sessions in the same scan as the
-  ranking; ``sensors.max_session_us`` bounds the sessions that straddle a
-  window's start, the one case the flags do not cover (see queries.py).
-* ``hourly_rollups`` holds additive per (sensor, hour) counters maintained in
-  the ingest transaction; whole hours of a window are answered from it.
-* Indexes: every time-window query filters on a time column, alone or with a
-  sensor list, hence the ``(ts_us)`` and ``(sensor_id, ts_us)`` btrees on the
-  per-event tables and ``(start_ts_us)`` / ``(sensor_id, start_ts_us)`` on
-  sessions; ``(src_ip, start_ts_us)`` serves the source-IP ranking. BRIN on the
-  time columns was considered and not used: backfilling older rotated files
-  makes insertion order differ from time order, which widens BRIN ranges until
-  they prune little, and the btrees also give the ordered min/max lookups.
+  session's first row with that value (by timestamp, then hash). Summing them
+  counts a value's distinct sessions; ``sensors.max_session_us`` bounds the
+  sessions that straddle a window's start, the one case the flags do not cover
+  (see cowrie_stats.queries).
+* Indexes: raw rows are read by time (their primary keys start with it) and by
+  (sensor, time), for a window's edges and a batch's continuing sessions.
 * IPs are stored as text in Python's canonical form (``ipaddress`` compressed),
   so IPv4 and IPv6 compare and count exactly on both backends; a value that is
   not an IP is kept verbatim rather than rejected.
@@ -38,10 +38,11 @@ Design notes (the "why" behind the columns and indexes):
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -118,11 +119,7 @@ class Event(Base):
     ts_us: Mapped[int] = mapped_column(BigInteger)
     raw: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (
-        _time_ordered_key("events", "hash"),
-        # Sensor event counts over partial hours of a window.
-        Index("ix_events_sensor_ts", "sensor_id", "ts_us"),
-    )
+    __table_args__ = (_time_ordered_key("events", "hash"),)
 
 
 class Session(Base):
@@ -134,11 +131,13 @@ class Session(Base):
     start_ts_us: Mapped[int] = mapped_column(BigInteger)
     end_ts_us: Mapped[int] = mapped_column(BigInteger)
     src_ip: Mapped[str | None] = mapped_column(Text)
+    src_ip_id: Mapped[int | None] = mapped_column(BigInteger)  # value_dictionary id
     src_port: Mapped[int | None] = mapped_column(Integer)
     dst_port: Mapped[int | None] = mapped_column(Integer)
     protocol: Mapped[str] = mapped_column(String(16), default="unknown")
     client_version: Mapped[str | None] = mapped_column(Text)
-    duration_s: Mapped[float | None] = mapped_column(Float)
+    # Whole microseconds: sums are exact and independent of the order of addition.
+    duration_us: Mapped[int | None] = mapped_column(BigInteger)
     # Ordering keys (ts_us, event hash) of the events that set the fields
     # above, so merging batches in any order gives the same session.
     start_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
@@ -161,8 +160,6 @@ class Session(Base):
         # Window scans by session start, with or without a sensor filter.
         Index("ix_sessions_start", "start_ts_us"),
         Index("ix_sessions_sensor_start", "sensor_id", "start_ts_us"),
-        # Source-IP rankings and distinct counts.
-        Index("ix_sessions_src_ip", "src_ip", "start_ts_us"),
     )
 
 
@@ -175,13 +172,15 @@ class LoginAttempt(Base):
     ts_us: Mapped[int] = mapped_column(BigInteger)
     username: Mapped[str | None] = mapped_column(Text)
     password: Mapped[str | None] = mapped_column(Text)
+    username_id: Mapped[int | None] = mapped_column(BigInteger)
+    password_id: Mapped[int | None] = mapped_column(BigInteger)
+    credential_id: Mapped[int | None] = mapped_column(BigInteger)
     success: Mapped[bool] = mapped_column(Boolean)
     username_first: Mapped[bool] = _first_flag()
     password_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         _time_ordered_key("login_attempts", "event_hash"),
-        Index("ix_login_attempts_ts", "ts_us"),
         Index("ix_login_attempts_sensor_ts", "sensor_id", "ts_us"),
     )
 
@@ -194,11 +193,11 @@ class Command(Base):
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
     input: Mapped[str] = mapped_column(Text)
+    input_id: Mapped[int] = mapped_column(BigInteger)
     input_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         _time_ordered_key("commands", "event_hash"),
-        Index("ix_commands_ts", "ts_us"),
         Index("ix_commands_sensor_ts", "sensor_id", "ts_us"),
     )
 
@@ -211,71 +210,151 @@ class Download(Base):
     session_id: Mapped[int] = mapped_column(SESSION_ID)
     ts_us: Mapped[int] = mapped_column(BigInteger)
     shasum: Mapped[str] = mapped_column(Text)
+    shasum_id: Mapped[int] = mapped_column(BigInteger)
     url: Mapped[str | None] = mapped_column(Text)
     outfile: Mapped[str | None] = mapped_column(Text)
     shasum_first: Mapped[bool] = _first_flag()
 
     __table_args__ = (
         _time_ordered_key("downloads", "event_hash"),
-        Index("ix_downloads_ts", "ts_us"),
         Index("ix_downloads_sensor_ts", "sensor_id", "ts_us"),
+        # The latest URL of each top download.
+        Index("ix_downloads_shasum_ts", "shasum_id", "ts_us"),
     )
 
 
-# Units of the rollup keys: hourly_rollups.hour and daily_values.day.
-US_PER_HOUR = 3_600_000_000
-US_PER_DAY = 86_400_000_000
+# Kinds of the values the summaries count, as stored in their ``kind`` columns.
+VALUE_KINDS = {
+    "username": 1,
+    "password": 2,
+    "input": 3,
+    "shasum": 4,
+    "src_ip": 5,
+    "credential": 6,  # username and password in one text (ingest.details.credential)
+}
 
 
-class HourlyRollup(Base):
-    """Additive counters per sensor and UTC hour, maintained by the ingest."""
+class ValueDictionary(Base):
+    """Every distinct value the summaries count, by kind, as a small integer id.
 
-    __tablename__ = "hourly_rollups"
-
-    sensor_id: Mapped[int] = mapped_column(ForeignKey("sensors.id"), primary_key=True)
-    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // US_PER_HOUR
-    sessions: Mapped[int] = mapped_column(BigInteger, default=0)
-    events: Mapped[int] = mapped_column(BigInteger, default=0)
-    login_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
-    login_successes: Mapped[int] = mapped_column(BigInteger, default=0)
-    commands: Mapped[int] = mapped_column(BigInteger, default=0)
-    downloads: Mapped[int] = mapped_column(BigInteger, default=0)
-    # First and last event of the sensor in the hour (events are never removed,
-    # so these only ever move outwards).
-    first_ts_us: Mapped[int | None] = mapped_column(BigInteger)
-    last_ts_us: Mapped[int | None] = mapped_column(BigInteger)
-
-    __table_args__ = (Index("ix_hourly_rollups_hour", "hour"),)
-
-
-class DailyValue(Base):
-    """Per (kind, UTC day, sensor, value): how a ranked value was used that day.
-
-    Maintained by the ingest in the batch's transaction. Uses and first uses add
-    up over days and first/last take the minimum/maximum, so a ranking over a
-    window's whole days reads one row per value-day instead of one per event;
-    the partial days at the window's edges come from the raw rows. ``kind`` is
-    one of :data:`DAILY_KINDS`. Credentials are not kept: (username, password)
-    pairs repeat too little per day for a row per pair-day to be smaller than
-    the raw rows (measured in docs/performance.md).
+    Attackers choose usernames, passwords and commands, so no such text is ever
+    part of an index key: values are found by a fixed-size digest of their text,
+    and summaries and per-event rows refer to them by id. Ids also make the
+    distinct sets of the summaries compact bitmaps.
     """
 
-    __tablename__ = "daily_values"
+    __tablename__ = "value_dictionary"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    # blake2b of (kind, text): unique by itself, the one key values are found by.
+    digest: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), unique=True)
+    value: Mapped[str] = mapped_column(Text)
+    length: Mapped[int] = mapped_column(Integer)  # in characters
+
+
+def _count() -> Mapped[int]:
+    # 32-bit per piece and sensor: PostgreSQL sums them into a bigint, where sums
+    # of bigints are numeric, slower and heavier to hash.
+    return mapped_column(Integer, server_default="0")
+
+
+class Rollup(Base):
+    """Counters per sensor and time piece (a UTC minute, hour or day: cowrie_stats.timeline).
+
+    Event figures count the events timestamped in the piece; session figures
+    count the sessions that started in it, as they stand after every event
+    stored so far (the ingest moves a session's share when a later batch
+    changes it). All add up over pieces, except the maximum and the first and
+    last times, which combine by max/min.
+    """
+
+    __tablename__ = "rollups"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    piece: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # ts_us // level width
+    sensor_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    events: Mapped[int] = _count()
+    login_attempts: Mapped[int] = _count()
+    login_successes: Mapped[int] = _count()
+    commands: Mapped[int] = _count()
+    downloads: Mapped[int] = _count()
+    first_ts_us: Mapped[int | None] = mapped_column(BigInteger)  # first and last event
+    last_ts_us: Mapped[int | None] = mapped_column(BigInteger)
+    sessions: Mapped[int] = _count()
+    sessions_with_login_success: Mapped[int] = _count()
+    sessions_with_commands: Mapped[int] = _count()
+    session_commands: Mapped[int] = _count()  # commands of the sessions started here
+    max_session_commands: Mapped[int] = _count()
+    sessions_with_duration: Mapped[int] = _count()
+    duration_us: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ssh_sessions: Mapped[int] = _count()
+    telnet_sessions: Mapped[int] = _count()
+
+
+# How the figures of ``rollups`` combine over pieces: counts add up, the first and
+# last event take the minimum and maximum, and so does the largest session.
+EVENT_COUNTERS = ("events", "login_attempts", "login_successes", "commands", "downloads")
+SESSION_COUNTERS = (
+    "sessions",
+    "sessions_with_login_success",
+    "sessions_with_commands",
+    "session_commands",
+    "sessions_with_duration",
+    "duration_us",
+    "ssh_sessions",
+    "telnet_sessions",
+)
+ROLLUP_COMBINE: dict[str, Literal["add", "min", "max"]] = {
+    **dict.fromkeys(EVENT_COUNTERS + SESSION_COUNTERS, "add"),
+    "first_ts_us": "min",
+    "last_ts_us": "max",
+    "max_session_commands": "max",
+}
+
+
+class RollupSet(Base):
+    """The distinct values of one kind per sensor and time piece, as a Roaring bitmap of ids.
+
+    Usernames, passwords and download hashes of the events in the piece; source
+    IPs of the sessions that started in it. The union of a window's bitmaps
+    counts its distinct values exactly, in microseconds.
+    """
+
+    __tablename__ = "rollup_sets"
 
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # ts_us // US_PER_DAY
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    piece: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     sensor_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    value: Mapped[str] = mapped_column(Text, primary_key=True)
-    # 32-bit counts (per value, sensor and day): PostgreSQL sums them into a bigint,
-    # where sums of bigints are numeric, slower and heavier to hash.
+    members: Mapped[bytes] = mapped_column(LargeBinary)  # pyroaring BitMap.serialize()
+
+
+class RollupValue(Base):
+    """How each ranked value was used per sensor and time piece.
+
+    Uses and first uses (rows with a first-use flag: sessions whose first use
+    of the value lies here) add up over pieces; first/last use take the
+    minimum/maximum. For source IPs a use is a session started in the piece
+    (its last use is the session's last event); for credentials, successes
+    count the successful attempts. Rankings read whole pieces from here and
+    only the window's partial edges from the raw rows.
+    """
+
+    __tablename__ = "rollup_values"
+
+    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    piece: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sensor_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     uses: Mapped[int] = mapped_column(Integer)
-    first_uses: Mapped[int] = mapped_column(Integer)  # rows with the first-use flag
+    first_uses: Mapped[int] = mapped_column(Integer)
     first_ts_us: Mapped[int] = mapped_column(BigInteger)
     last_ts_us: Mapped[int] = mapped_column(BigInteger)
-
-
-# daily_values.kind of each ranked value column
-DAILY_KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4}
+    successes: Mapped[int] = _count()  # credentials: successful attempts
 
 
 class DataVersion(Base):
@@ -338,8 +417,10 @@ SESSIONS = Base.metadata.tables["sessions"]
 LOGIN_ATTEMPTS = Base.metadata.tables["login_attempts"]
 COMMANDS = Base.metadata.tables["commands"]
 DOWNLOADS = Base.metadata.tables["downloads"]
-HOURLY_ROLLUPS = Base.metadata.tables["hourly_rollups"]
-DAILY_VALUES = Base.metadata.tables["daily_values"]
+VALUE_DICTIONARY = Base.metadata.tables["value_dictionary"]
+ROLLUPS = Base.metadata.tables["rollups"]
+ROLLUP_SETS = Base.metadata.tables["rollup_sets"]
+ROLLUP_VALUES = Base.metadata.tables["rollup_values"]
 DEAD_LETTERS = Base.metadata.tables["dead_letters"]
 INGEST_CURSORS = Base.metadata.tables["ingest_cursors"]
 DATA_VERSION = Base.metadata.tables["data_version"]

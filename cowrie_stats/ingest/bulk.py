@@ -1,0 +1,465 @@
+"""The ingest's bulk operations, one class per database, chosen once per connection.
+
+Like alembic's per-dialect ``Impl`` classes: the writer says *what* to store
+(rows, upsert rules) and never branches on the backend. PostgreSQL loads rows
+with COPY and looks keys up with binary array parameters; SQLite uses plain
+executemany. Both run inside the caller's transaction.
+
+A COPY of the events may run in a background thread while the writer prepares
+the rest of the batch in Python (:meth:`BulkOps.insert_in_background`); the
+connection is then busy, and every other operation refuses to run until the
+copy is joined, so the sharing is safe by construction, not by convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    sql,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from cowrie_stats.db.models import (
+    EVENTS,
+    ROLLUP_SETS,
+    ROLLUP_VALUES,
+    SENSORS,
+    SESSIONS,
+    VALUE_DICTIONARY,
+)
+
+INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
+IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
+# Upserts of more rows go through a COPYed temporary table; fewer are executemany.
+STAGE_ABOVE_ROWS = 64
+
+# How an upsert combines a stored value with the batch's: add, keep the least or
+# greatest (NULL-safe), or replace.
+Rule = Literal["add", "min", "max", "replace"]
+
+
+def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _names(columns: Sequence[str]) -> str:
+    """Column names quoted for raw SQL (``offset`` is a keyword)."""
+    return ", ".join(f'"{column}"' for column in columns)
+
+
+class ConnectionBusyError(RuntimeError):
+    """An operation was attempted while a background COPY holds the connection."""
+
+
+class BulkOps:
+    """Portable operations; subclasses replace the hot ones per database."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._copy: Future[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def for_connection(conn: Connection) -> BulkOps:
+        return PostgresBulkOps(conn) if conn.dialect.name == "postgresql" else SqliteBulkOps(conn)
+
+    # -- the connection's one user at a time --------------------------------------
+
+    def _idle(self) -> Connection:
+        if self._copy is not None:
+            raise ConnectionBusyError("a background COPY is using the connection")
+        return self.conn
+
+    @contextmanager
+    def insert_in_background(
+        self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> Iterator[None]:
+        """Insert ``rows`` while the block runs; the block cannot use this object meanwhile."""
+        self.insert_rows(table, columns, rows)
+        yield
+
+    def _join_copy(self) -> None:
+        copy, self._copy = self._copy, None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if copy is not None:
+            copy.result()
+
+    # -- generic statements ----------------------------------------------------------
+
+    def _insert(self, table: Table) -> Insert:
+        raise NotImplementedError
+
+    def lock(self) -> None:
+        """Serialise ingest batches (the "already stored?" checks need a stable table)."""
+
+    def least_greatest(self) -> tuple[Any, Any]:
+        return func.least, func.greatest
+
+    def insert_rows(
+        self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert rows (in ``columns`` order) known to be new: the batch holds the lock."""
+        if rows:
+            self._idle().execute(
+                insert(table), [dict(zip(columns, row, strict=True)) for row in rows]
+            )
+
+    def insert_ignoring_duplicates(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            stmt: Any = self._insert(table)
+            self._idle().execute(stmt.on_conflict_do_nothing(), rows)
+
+    def upsert(
+        self,
+        table: Table,
+        keys: Sequence[str],
+        rules: Mapping[str, Rule],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """Insert rows of ``(*keys, *rules)``; where a key exists, combine per column rule."""
+        if not rows:
+            return
+        columns = [*keys, *rules]
+        stmt: Any = self._insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_=self._combine(table, stmt, rules)
+        )
+        self._execute_upsert(stmt, table, columns, rows)
+
+    def _execute_upsert(
+        self, stmt: Any, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        self._idle().execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+
+    def _combine(self, table: Table, stmt: Any, rules: Mapping[str, Rule]) -> dict[str, Any]:
+        least, greatest = self.least_greatest()
+        combined: dict[str, Any] = {}
+        for name, rule in rules.items():
+            old, new = table.c[name], stmt.excluded[name]
+            if rule == "add":
+                combined[name] = old + new
+            elif rule == "replace":
+                combined[name] = new
+            else:
+                pick = least if rule == "min" else greatest
+                # NULL-safe on both backends: SQLite's scalar min/max return NULL on NULL.
+                combined[name] = pick(func.coalesce(old, new), func.coalesce(new, old))
+        return combined
+
+    def update_rows(
+        self, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Set ``columns`` of the rows whose ``key`` is each row's first value."""
+        if not rows:
+            return
+        stmt = (
+            update(table)
+            .where(table.c[key] == bindparam("row_key"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        self._idle().execute(
+            stmt, [{"row_key": row[0], **dict(zip(columns, row[1:], strict=True))} for row in rows]
+        )
+
+    def clear_flags(self, table: Table, flag: str, keys: Sequence[tuple[int, bytes]]) -> None:
+        """Clear ``flag`` on the rows with these (ts_us, event_hash) keys."""
+        key = tuple_(table.c.ts_us, table.c.event_hash)
+        for chunk in chunks(keys):
+            self._idle().execute(update(table).where(key.in_(chunk)).values({flag: False}))
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def existing_event_hashes(self, keys: Sequence[tuple[int, bytes]]) -> set[bytes]:
+        found: set[bytes] = set()
+        key = tuple_(EVENTS.c.ts_us, EVENTS.c.hash)
+        for chunk in chunks(keys):
+            found.update(self._idle().scalars(select(EVENTS.c.hash).where(key.in_(chunk))))
+        return found
+
+    def sensor_ids(self, names: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in chunks(names):
+            query = select(SENSORS.c.name, SENSORS.c.id).where(SENSORS.c.name.in_(chunk))
+            found.update(dict(self._idle().execute(query).all()))
+        return found
+
+    def sessions_of(self, keys: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+        """The whole sessions rows with these (sensor_id, session) keys."""
+        by_sensor: dict[int, list[str]] = {}
+        for sensor_id, session in keys:
+            by_sensor.setdefault(sensor_id, []).append(session)
+        for sensor_id, sessions in by_sensor.items():
+            for chunk in chunks(sessions):
+                query = select(SESSIONS).where(
+                    SESSIONS.c.sensor_id == sensor_id, SESSIONS.c.session.in_(chunk)
+                )
+                yield from (dict(row) for row in self._idle().execute(query).mappings())
+
+    def dictionary_ids(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
+        d = VALUE_DICTIONARY.c
+        for chunk in chunks(digests):
+            yield from (self._idle().execute(select(d.digest, d.id).where(d.digest.in_(chunk))))
+
+    def insert_dictionary(self, rows: Sequence[tuple[int, int, bytes, str, int]]) -> None:
+        self.insert_rows(VALUE_DICTIONARY, ["id", "kind", "digest", "value", "length"], rows)
+
+    def max_session_commands(self, sensor_id: int, low: int, high: int) -> int:
+        """The most commands of a session of the sensor that started in [low, high)."""
+        s = SESSIONS.c
+        query = select(func.coalesce(func.max(s.commands), 0)).where(
+            s.sensor_id == sensor_id, s.start_ts_us >= low, s.start_ts_us < high
+        )
+        return int(self._idle().scalar(query) or 0)
+
+    def session_ips(self, sensor_id: int, low: int, high: int) -> list[int]:
+        """Source IP ids of the sessions of the sensor that started in [low, high)."""
+        s = SESSIONS.c
+        query = (
+            select(s.src_ip_id)
+            .where(
+                s.sensor_id == sensor_id,
+                s.start_ts_us >= low,
+                s.start_ts_us < high,
+                s.src_ip_id.is_not(None),
+            )
+            .distinct()
+        )
+        return [int(value) for value in self._idle().scalars(query)]
+
+    def source_ip_figures(
+        self, sensor_id: int, ip: int, low: int, high: int
+    ) -> tuple[int, int, int, int, int] | None:
+        """A source IP's ranking entry recounted from its sessions started in [low, high)."""
+        s = SESSIONS.c
+        count, first, last = (
+            self._idle()
+            .execute(
+                select(func.count(), func.min(s.start_ts_us), func.max(s.end_ts_us)).where(
+                    s.sensor_id == sensor_id,
+                    s.src_ip_id == ip,
+                    s.start_ts_us >= low,
+                    s.start_ts_us < high,
+                )
+            )
+            .one()
+        )
+        return None if not count else (int(count), int(count), int(first), int(last), 0)
+
+    def delete_values(self, keys: Sequence[tuple[int, int, int, int, int]]) -> None:
+        """Remove ``rollup_values`` entries by (kind, level, piece, sensor_id, value_id)."""
+        t = ROLLUP_VALUES.c
+        key = tuple_(t.kind, t.level, t.piece, t.sensor_id, t.value_id)
+        for chunk in chunks(keys):
+            self._idle().execute(ROLLUP_VALUES.delete().where(key.in_(chunk)))
+
+    def execute(self, statement: Any, parameters: Any = None) -> None:
+        self._idle().execute(statement, parameters)
+
+    def stored_sets(
+        self, keys: Sequence[tuple[int, int, int, int]]
+    ) -> dict[tuple[int, int, int, int], bytes]:
+        """Stored bitmaps of ``rollup_sets`` by (kind, level, piece, sensor_id)."""
+        t = ROLLUP_SETS.c
+        key = tuple_(t.kind, t.level, t.piece, t.sensor_id)
+        found: dict[tuple[int, int, int, int], bytes] = {}
+        for chunk in chunks(keys):
+            query = select(t.kind, t.level, t.piece, t.sensor_id, t.members).where(key.in_(chunk))
+            for kind, level, piece, sensor_id, members in self._idle().execute(query):
+                found[(kind, level, piece, sensor_id)] = bytes(members)
+        return found
+
+    def new_ids(self, table: str, count: int) -> list[int]:
+        """``count`` unused ids of ``table``'s integer primary key ``id``, ascending."""
+        raise NotImplementedError
+
+    def rows_in_ranges(
+        self, table: str, columns: str, ranges: Sequence[tuple[int, int, int, int]], where: str
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of ``table`` rows per (sensor_id, session_id, low, high) range and ``where``.
+
+        Each range is a short stretch of the (sensor_id, ts_us) index: the rows of
+        one stored session.
+        """
+        query = text(
+            f"SELECT {columns} FROM {table} t WHERE t.sensor_id = :sensor_id"
+            " AND t.ts_us BETWEEN :low AND :high"
+            f" AND t.session_id = :session_id AND ({where})"
+        )
+        rows: list[tuple[Any, ...]] = []
+        for sensor_id, session_id, low, high in ranges:
+            params = {"sensor_id": sensor_id, "session_id": session_id, "low": low, "high": high}
+            rows.extend(tuple(row) for row in self._idle().execute(query, params))
+        return rows
+
+
+class SqliteBulkOps(BulkOps):
+    def _insert(self, table: Table) -> Insert:
+        return sqlite.insert(table)
+
+    def least_greatest(self) -> tuple[Any, Any]:
+        return func.min, func.max  # SQLite's two-argument scalar min/max
+
+    def new_ids(self, table: str, count: int) -> list[int]:
+        # The writer's transaction began IMMEDIATE: it holds the write lock, so
+        # no other writer can take these ids.
+        highest = self._idle().scalar(text(f"SELECT coalesce(max(id), 0) FROM {table}")) or 0
+        return list(range(highest + 1, highest + 1 + count))
+
+
+class PostgresBulkOps(BulkOps):
+    def _insert(self, table: Table) -> Insert:
+        return postgresql.insert(table)
+
+    def _cursor(self) -> Any:
+        """The psycopg cursor under the connection, for COPY and binary array parameters."""
+        return self._idle().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def lock(self) -> None:
+        self._idle().execute(select(func.pg_advisory_xact_lock(INGEST_LOCK_KEY)))
+
+    def _copy_rows(
+        self, cursor: Any, target: str, columns: Sequence[str], rows: Iterable[Any]
+    ) -> None:
+        with cursor.copy(f"COPY {target} ({_names(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def insert_rows(
+        self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        # COPY: several times faster than executemany, and tuples rather than dicts.
+        if rows:
+            self._copy_rows(self._cursor(), table.name, columns, rows)
+
+    @contextmanager
+    def insert_in_background(
+        self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> Iterator[None]:
+        """COPY in a thread: the server stores the rows while this thread runs Python.
+
+        The client waits on the server for most of a COPY, with the GIL free.
+        """
+        cursor = self._cursor()
+        self._thread = ThreadPoolExecutor(1)
+        self._copy = self._thread.submit(self._copy_rows, cursor, table.name, columns, rows)
+        try:
+            yield
+        finally:
+            self._join_copy()
+
+    def _staged(
+        self, name: str, source: Table, columns: Sequence[str], rows: Iterable[Any]
+    ) -> sql.TableClause:
+        """A temporary table (dropped at commit) of ``source``'s ``columns``, COPYed in."""
+        self._idle().execute(
+            text(
+                f"CREATE TEMP TABLE {name} ON COMMIT DROP AS"
+                f" SELECT {_names(columns)} FROM {source.name} WITH NO DATA"
+            )
+        )
+        self._copy_rows(self._cursor(), name, columns, rows)
+        return sql.table(name, *(sql.column(c) for c in columns))
+
+    def _execute_upsert(
+        self, stmt: Any, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if len(rows) <= STAGE_ABOVE_ROWS:
+            super()._execute_upsert(stmt, table, columns, rows)
+            return
+        staged = self._staged(f"staged_{table.name}", table, columns, rows)
+        self._idle().execute(stmt.from_select(columns, select(*staged.c)))
+        self._idle().execute(text(f"DROP TABLE staged_{table.name}"))
+
+    def update_rows(
+        self, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if not rows:
+            return
+        name = f"updates_{table.name}"
+        self._staged(name, table, [key, *columns], rows)
+        assignments = ", ".join(f'"{c}" = u."{c}"' for c in columns)
+        self._idle().execute(
+            text(f"UPDATE {table.name} t SET {assignments} FROM {name} u WHERE t.{key} = u.{key}")
+        )
+        self._idle().execute(text(f"DROP TABLE {name}"))
+
+    def existing_event_hashes(self, keys: Sequence[tuple[int, bytes]]) -> set[bytes]:
+        # Array parameters: a short statement psycopg prepares once, where IN lists
+        # of hundreds of placeholders are parsed again every batch. Sent in binary
+        # (%b): the text form escapes each bytea element in Python, about 100 times
+        # slower for a batch of 5,000 hashes.
+        cursor = self._cursor()
+        cursor.execute(
+            "SELECT e.hash FROM events e"
+            " JOIN unnest(%b::bigint[], %b::bytea[]) AS k(ts_us, hash)"
+            " ON e.ts_us = k.ts_us AND e.hash = k.hash",
+            [[ts_us for ts_us, _ in keys], [digest for _, digest in keys]],
+        )
+        return {row[0] for row in cursor}
+
+    def sessions_of(self, keys: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+        """Whole sessions rows for these keys: one query joining two binary arrays."""
+        pairs = list(keys)
+        cursor = self._cursor()
+        cursor.execute(
+            "SELECT s.* FROM sessions s"
+            " JOIN unnest(%b::integer[], %b::text[]) AS k(sensor_id, session)"
+            " ON s.sensor_id = k.sensor_id AND s.session = k.session",
+            [[sensor_id for sensor_id, _ in pairs], [session for _, session in pairs]],
+        )
+        names = [column.name for column in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values, strict=True))
+
+    def dictionary_ids(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
+        cursor = self._cursor()
+        cursor.execute(
+            "SELECT d.digest, d.id FROM value_dictionary d JOIN unnest(%b::bytea[]) AS k(digest)"
+            " ON d.digest = k.digest",
+            [list(digests)],
+        )
+        yield from cursor
+
+    def new_ids(self, table: str, count: int) -> list[int]:
+        if not count:
+            return []
+        cursor = self._cursor()
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [table, count],
+        )
+        return [new_id for (new_id,) in cursor]
+
+    def rows_in_ranges(
+        self, table: str, columns: str, ranges: Sequence[tuple[int, int, int, int]], where: str
+    ) -> list[tuple[Any, ...]]:
+        if not ranges:
+            return []
+        cursor = self._cursor()
+        cursor.execute(
+            f"SELECT {columns}"
+            " FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::bigint[])"
+            " AS k(sensor_id, session_id, low, high)"
+            f" CROSS JOIN LATERAL (SELECT * FROM {table} t"
+            "  WHERE t.sensor_id = k.sensor_id AND t.ts_us BETWEEN k.low AND k.high"
+            f"  AND t.session_id = k.session_id AND ({where})) t",
+            [list(column) for column in zip(*ranges, strict=True)],
+        )
+        return [tuple(row) for row in cursor.fetchall()]
