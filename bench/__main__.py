@@ -37,6 +37,12 @@ TARGET_NAIVE_RATIO = 20.0
 TARGET_HEALTH_RATIO = 3.0
 TARGET_RPS = 2000
 TARGET_SERVER_RSS_MB = 150
+# Never-asked (sliding) requests against default settings.
+TARGET_COLD_P50_MS = 25.0
+TARGET_COLD_HEALTH_RATIO = 25.0
+TARGET_COLD_RPS = 500
+TARGET_COLD_P99_MS = 250.0
+TARGET_GROWTH = 1.5
 RSS_FLAT_TOLERANCE = 1.15  # large-file peak within 15 % of the small-file peak
 
 
@@ -150,7 +156,62 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         add("errors", errors + query["health"]["errors"], 0, False)
         peak = max(query["server_memory_mb"]["VmHWM"], cached["server_memory_mb"]["VmHWM"])
         add("server peak RSS MB", peak, TARGET_SERVER_RSS_MB, False)
+        if query.get("sliding"):
+            sliding_targets(add, query["sliding"])
     return out
+
+
+def sliding_targets(
+    add: Callable[[str, float, float, bool], None], sliding: dict[str, Any]
+) -> None:
+    """The targets of never-asked requests (one client, 32 clients, growth with the data)."""
+    one = sliding["full"]["one_client"]
+    health = one["health/check"]["p50_ms"]
+    worst = max(one[name]["p50_ms"] for name in sliding["scenarios"])
+    add("never-asked p50 ms, 1 client (worst)", worst, TARGET_COLD_P50_MS, False)
+    add(
+        "never-asked p50 / health p50 (worst)",
+        round(worst / health, 1) if health else 0.0,
+        TARGET_COLD_HEALTH_RATIO,
+        False,
+    )
+    mixed = sliding["full"]["mixed"]
+    add("never-asked mixed RPC/s, 32 clients", mixed["calls_per_second"], TARGET_COLD_RPS, True)
+    add("never-asked mixed p99 ms, 32 clients", mixed["p99_ms"], TARGET_COLD_P99_MS, False)
+    add("never-asked errors", mixed["errors"], 0, False)
+    add(
+        "never-asked p50 growth, 5x events (worst)",
+        max(sliding["growth_p50"].values()),
+        TARGET_GROWTH,
+        False,
+    )
+
+
+def sliding_table(sliding: dict[str, Any]) -> list[str]:
+    full, fifth = sliding["full"]["one_client"], sliding["fifth"]["one_client"]
+    health = full["health/check"]["p50_ms"]
+    lines = [
+        f"\nNEVER-ASKED REQUESTS ({sliding['events']} events; growth against"
+        f" {sliding['fifth_events']}; default settings, every call a new window)",
+        f"  {'scenario':<28}{'p50':>9}{'p95':>9}{'/health':>9}{'1/5 p50':>9}{'growth':>8}",
+        f"  {'health/check':<28}{health:>9.2f}{full['health/check']['p95_ms']:>9.2f}",
+    ]
+    for name in sliding["scenarios"]:
+        f = full[name]
+        lines.append(
+            f"  {name:<28}{f['p50_ms']:>9.2f}{f['p95_ms']:>9.2f}"
+            f"{(f['p50_ms'] / health if health else 0):>9.1f}{fifth[name]['p50_ms']:>9.2f}"
+            f"{sliding['growth_p50'][name]:>8.2f}"
+        )
+    mixed = sliding["full"]["mixed"]
+    lines.append(
+        f"  {'mixed, 32 clients':<28}{mixed['p50_ms']:>9.2f}{mixed['p95_ms']:>9.2f}"
+        f"  {mixed['calls_per_second']:.0f} calls/s, p99 {mixed['p99_ms']:.1f} ms,"
+        f" {mixed['errors']} errors"
+    )
+    memory = sliding["full"]["server_memory_mb"]
+    lines.append(f"  server RSS peak {memory['VmHWM']} MB")
+    return lines
 
 
 def cache_on_table(query: dict[str, Any]) -> list[str]:
@@ -265,6 +326,8 @@ def table(report: dict[str, Any]) -> str:
             " naive/rpc and /1-cl = naive p50 over loaded and unloaded RPC p50)"
         )
         lines.extend(cache_on_table(query))
+        if query.get("sliding"):
+            lines.extend(sliding_table(query["sliding"]))
     lines.append("\nTARGETS (issue 9)")
     for t in report["targets"]:
         mark = "met" if t["met"] else "NOT met"
@@ -285,6 +348,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default="", help="regex: only matching query scenarios")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-query", action="store_true")
+    parser.add_argument(
+        "--skip-sliding", action="store_true", help="no never-asked (sliding window) scenarios"
+    )
     parser.add_argument("--output", type=Path, help="JSON report path")
     parser.add_argument("--workdir", type=Path, help="where generated logs go (default: tmp)")
     return parser.parse_args(argv)
@@ -322,6 +388,7 @@ def run(args: argparse.Namespace, cluster: Any | None = None) -> dict[str, Any]:
                 processes=args.processes,
                 select=lambda name: bool(pattern.search(name)),
                 log=lambda text: print(text, file=sys.stderr),
+                sliding=not args.skip_sliding,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

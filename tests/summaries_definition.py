@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 
 MINUTE, HOUR, DAY = 60_000_000, 3_600_000_000, 86_400_000_000
 LEVELS = {0: MINUTE, 1: HOUR, 2: DAY}
+SET_LEVELS = {1: HOUR, 2: DAY}
 VALUE_LEVELS = {2: DAY}
 KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4, "src_ip": 5, "credential": 6}
 
@@ -91,7 +92,7 @@ def defined(engine: Engine) -> dict[str, Any]:
             row[1] += 1
             row[2] += int(bool(success))
             for kind, value in (("username", username), ("password", password)):
-                if value is not None:
+                if value is not None and level in SET_LEVELS:
                     sets[(KINDS[kind], level, ts // width, names[sensor])].add(value)
     for table, index in (("commands", 3), ("downloads", 4)):
         for sensor, ts, shasum in _rows(
@@ -100,7 +101,7 @@ def defined(engine: Engine) -> dict[str, Any]:
         ):
             for level, width in LEVELS.items():
                 rollups[(level, ts // width, names[sensor])][index] += 1
-                if shasum is not None:
+                if shasum is not None and level in SET_LEVELS:
                     sets[(KINDS["shasum"], level, ts // width, names[sensor])].add(shasum)
     sessions = _rows(
         engine,
@@ -125,7 +126,7 @@ def defined(engine: Engine) -> dict[str, Any]:
                 if value is not None:
                     row[7 + offset] += value
             row[11] = max(row[11], commands)
-            if ip is not None:
+            if ip is not None and level in SET_LEVELS:
                 sets[(KINDS["src_ip"], level, start // width, names[sensor])].add(ip)
     return {
         "rollups": sorted((*key, *row) for key, row in rollups.items()),

@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
 
 from bench import __main__ as bench_main  # noqa: E402
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(420)]
 
 SESSION_KEYS = {"calls", "calls_per_second", "p50_ms", "p95_ms", "p99_ms", "errors"}
 
@@ -31,7 +31,8 @@ def test_bench_harness_smoke(
     argv = ["--events", "2000", "--sessions", "200", "--duration", "0.2", "--clients", "8"]
     argv += ["--output", str(output), "--workdir", str(tmp_path)]
     assert bench_main.main(argv, cluster=pg_cluster) == 0
-    assert "TARGETS (issue 9)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TARGETS (issue 9)" in printed
 
     report = json.loads(output.read_text())
     assert {"machine", "ingest", "query", "targets", "command", "seconds"} <= set(report)
@@ -77,11 +78,21 @@ def test_bench_harness_smoke(
         assert row["naive_agrees"] is True, row["scenario"]
         assert row["cache_on"]["errors"] == 0 and row["cache_on"]["calls"] > 0, row
     assert query["server_memory_mb"]["VmHWM"] > 0
+    sliding = query["sliding"]
+    assert len(sliding["scenarios"]) == 3 * 4 * 2 and sliding["fifth_events"] < sliding["events"]
+    for name in sliding["scenarios"]:
+        for part in ("full", "fifth"):
+            figures = sliding[part]["one_client"][name]
+            assert figures["calls"] > 0 and figures["errors"] == 0, (part, name)
+        assert sliding["growth_p50"][name] > 0
+    assert sliding["full"]["mixed"]["errors"] == 0 and sliding["full"]["mixed"]["calls"] > 0
+    assert "NEVER-ASKED REQUESTS" in printed
     names = {t["target"] for t in report["targets"]}
     assert names >= {
         "ingest events/s",
         "mixed stats RPC/s, cache off",
         "mixed stats RPC/s, cache on",
+        "never-asked p50 growth, 5x events (worst)",
     }
 
 

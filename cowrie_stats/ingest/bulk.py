@@ -447,6 +447,35 @@ class PostgresBulkOps(BulkOps):
         )
         return [new_id for (new_id,) in cursor]
 
+    def stored_sets(
+        self, keys: Sequence[tuple[int, int, int, int]]
+    ) -> dict[tuple[int, int, int, int], bytes]:
+        # Four arrays joined on the primary key: a row-value IN list of hundreds of
+        # keys is planned as a scan of the whole table.
+        if not keys:
+            return {}
+        cursor = self._cursor()
+        cursor.execute(
+            "SELECT t.kind, t.level, t.piece, t.sensor_id, t.members FROM rollup_sets t"
+            " JOIN unnest(%b::smallint[], %b::smallint[], %b::bigint[], %b::integer[])"
+            " AS k(kind, level, piece, sensor_id) ON t.kind = k.kind AND t.level = k.level"
+            " AND t.piece = k.piece AND t.sensor_id = k.sensor_id",
+            [list(column) for column in zip(*keys, strict=True)],
+        )
+        return {
+            (kind, level, piece, sensor): members for kind, level, piece, sensor, members in cursor
+        }
+
+    def clear_flags(self, table: Table, flag: str, keys: Sequence[tuple[int, bytes]]) -> None:
+        if not keys:
+            return
+        self._cursor().execute(
+            f"UPDATE {table.name} t SET {flag} = false"
+            " FROM unnest(%b::bigint[], %b::bytea[]) AS k(ts_us, event_hash)"
+            " WHERE t.ts_us = k.ts_us AND t.event_hash = k.event_hash",
+            [[ts_us for ts_us, _ in keys], [digest for _, digest in keys]],
+        )
+
     def rows_in_ranges(
         self, table: str, columns: str, ranges: Sequence[tuple[int, int, int, int]], where: str
     ) -> list[tuple[Any, ...]]:

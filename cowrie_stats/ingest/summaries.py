@@ -38,7 +38,7 @@ from cowrie_stats.ingest.parse import (
     LOGIN_SUCCESS,
     ParsedEvent,
 )
-from cowrie_stats.timeline import DAY, LEVELS, MINUTE, Level
+from cowrie_stats.timeline import DAY, HOUR, LEVELS, MINUTE, Level
 
 ROLLUP_RULES: dict[str, Rule] = dict(ROLLUP_COMBINE)
 VALUE_RULES: dict[str, Rule] = {
@@ -49,7 +49,10 @@ VALUE_RULES: dict[str, Rule] = {
     "successes": "add",
 }
 PIECE_KEY = ("level", "piece", "sensor_id")
-#: Levels the rankings' per-value summaries are kept at (finest first).
+#: Levels each summary is kept at (finest first): counters at every level; the
+#: distinct sets from hours (a minute's bitmaps cost more to keep than the raw rows
+#: of a partial hour cost to read); the rankings' per-value figures per day.
+SET_LEVELS: tuple[Level, ...] = (HOUR, DAY)
 VALUE_LEVELS: tuple[Level, ...] = (DAY,)
 #: Distinct sets: source IPs of sessions (by start) and these values of events.
 EVENT_SET_KINDS = frozenset(VALUE_KINDS[value] for value in ("username", "password", "shasum"))
@@ -61,48 +64,35 @@ SetKey = tuple[int, int, int, int]  # (kind, level id, piece, sensor_id)
 ValueKey = tuple[int, int, int, int, int]  # (kind, level id, piece, sensor_id, value_id)
 
 
-class Counters:
-    """One piece's change in ``rollups``: additive counts, first/last event, largest session."""
+FIGURES = list(ROLLUP_COMBINE)  # the order of a Counters list and of a rollups row
+_ADDED = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "add"]
+_SMALLEST = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "min"]
+_LARGEST = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "max"]
+EVENTS, LOGINS, SUCCESSES, COMMANDS, DOWNLOADS = (FIGURES.index(n) for n in EVENT_COUNTERS)
+FIRST, LAST, MOST_COMMANDS = (
+    FIGURES.index(n) for n in ("first_ts_us", "last_ts_us", "max_session_commands")
+)
+SESSION_AT = [FIGURES.index(name) for name in SESSION_COUNTERS]
 
-    __slots__ = (*ROLLUP_COMBINE,)
-    events: int
-    login_attempts: int
-    login_successes: int
-    commands: int
-    downloads: int
-    first_ts_us: int | None
-    last_ts_us: int | None
-    max_session_commands: int
+# One piece's change in ``rollups``, as a list in FIGURES order.
+Counters = list[Any]
 
-    def __init__(self) -> None:
-        for name in EVENT_COUNTERS + SESSION_COUNTERS:
-            setattr(self, name, 0)
-        self.first_ts_us = None
-        self.last_ts_us = None
-        self.max_session_commands = 0
 
-    def saw(self, ts_us: int) -> None:
-        self.events += 1
-        if self.first_ts_us is None or ts_us < self.first_ts_us:
-            self.first_ts_us = ts_us
-        if self.last_ts_us is None or ts_us > self.last_ts_us:
-            self.last_ts_us = ts_us
+def new_counters() -> Counters:
+    counters: Counters = [0] * len(FIGURES)
+    counters[FIRST] = counters[LAST] = None
+    return counters
 
-    def add_share(self, share: Sequence[int], sign: int) -> None:
-        for name, value in zip(SESSION_COUNTERS, share, strict=True):
-            setattr(self, name, getattr(self, name) + sign * value)
 
-    def merge(self, other: Counters) -> None:
-        for name in EVENT_COUNTERS + SESSION_COUNTERS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        if other.first_ts_us is not None:
-            self.first_ts_us = min(self.first_ts_us or other.first_ts_us, other.first_ts_us)
-        if other.last_ts_us is not None:
-            self.last_ts_us = max(self.last_ts_us or other.last_ts_us, other.last_ts_us)
-        self.max_session_commands = max(self.max_session_commands, other.max_session_commands)
-
-    def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in ROLLUP_RULES)
+def merge_counters(into: Counters, other: Counters) -> None:
+    for i in _ADDED:
+        into[i] += other[i]
+    for i in _SMALLEST:
+        if other[i] is not None and (into[i] is None or other[i] < into[i]):
+            into[i] = other[i]
+    for i in _LARGEST:
+        if other[i] is not None and (into[i] is None or other[i] > into[i]):
+            into[i] = other[i]
 
 
 def session_share(values: Mapping[str, Any]) -> tuple[int, ...]:
@@ -121,8 +111,13 @@ def session_share(values: Mapping[str, Any]) -> tuple[int, ...]:
     )
 
 
-def _coarser(level: Level, minute: int) -> int:
-    return MINUTE.start_of(minute) // level.width_us
+def _coarser(level: Level, finer: Level, piece: int) -> int:
+    return finer.start_of(piece) // level.width_us
+
+
+def _left(levels: Iterable[Level], old_ts: int, new_ts: int) -> list[Level]:
+    """The levels at which a start moved from ``old_ts`` to ``new_ts`` changes piece."""
+    return [level for level in levels if level.piece(old_ts) != level.piece(new_ts)]
 
 
 def _joined(known: list[int] | None, figures: list[int]) -> list[int]:
@@ -153,11 +148,12 @@ class SummaryChanges:
         key = (MINUTE.id, minute, sensor_id)
         counters = self.minutes.get(key)
         if counters is None:
-            counters = self.minutes[key] = Counters()
+            counters = self.minutes[key] = new_counters()
         return counters
 
-    def _add_to_set(self, kind: int, sensor_id: int, minute: int, value_id: int) -> None:
-        key = (kind, MINUTE.id, minute, sensor_id)
+    def _add_to_set(self, kind: int, sensor_id: int, ts_us: int, value_id: int) -> None:
+        finest = SET_LEVELS[0]
+        key = (kind, finest.id, ts_us // finest.width_us, sensor_id)
         members = self.set_additions.get(key)
         if members is None:
             members = self.set_additions[key] = set()
@@ -169,18 +165,23 @@ class SummaryChanges:
         """Count new events into the event figures of their minutes."""
         width = MINUTE.width_us
         for e in events:
-            counters = self._minute(sensor_ids[e.sensor], e.ts_us // width)
-            counters.saw(e.ts_us)
+            ts_us = e.ts_us
+            counters = self._minute(sensor_ids[e.sensor], ts_us // width)
+            counters[EVENTS] += 1
+            if counters[FIRST] is None or ts_us < counters[FIRST]:
+                counters[FIRST] = ts_us
+            if counters[LAST] is None or ts_us > counters[LAST]:
+                counters[LAST] = ts_us
             eventid = e.eventid
             if eventid == LOGIN_SUCCESS:
-                counters.login_attempts += 1
-                counters.login_successes += 1
+                counters[LOGINS] += 1
+                counters[SUCCESSES] += 1
             elif eventid == LOGIN_FAILED:
-                counters.login_attempts += 1
+                counters[LOGINS] += 1
             elif eventid == COMMAND_INPUT:
-                counters.commands += 1
+                counters[COMMANDS] += 1
             elif eventid == FILE_DOWNLOAD and e.shasum is not None:
-                counters.downloads += 1
+                counters[DOWNLOADS] += 1
 
     def add_detail_rows(
         self, table: str, rows: Iterable[Any], pairs: Sequence[tuple[str, str]]
@@ -189,19 +190,17 @@ class SummaryChanges:
 
         ``pairs`` are the table's (value column, first-use flag) pairs.
         """
-        width = MINUTE.width_us
         kinds = [(VALUE_KINDS[value], f"{value}_id", flag) for value, flag in pairs]
         finest = VALUE_LEVELS[0]
         for row in rows:
             ts_us, sensor_id = row.ts_us, row.sensor_id
-            minute = ts_us // width
             piece = finest.piece(ts_us)
             for kind, id_field, flag in kinds:
                 value_id = getattr(row, id_field)
                 if value_id is None:
                     continue
                 if kind in EVENT_SET_KINDS:
-                    self._add_to_set(kind, sensor_id, minute, value_id)
+                    self._add_to_set(kind, sensor_id, ts_us, value_id)
                 self._use(kind, piece, sensor_id, value_id, ts_us, int(getattr(row, flag)))
 
     def _use(
@@ -259,33 +258,30 @@ class SummaryChanges:
     def add_session(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
         """Move a session's share from where it stood (``old``, None if new) to where it stands."""
         width = MINUTE.width_us
-        sensor_id = new["sensor_id"]
-        new_minute = new["start_ts_us"] // width
+        sensor_id, new_start = new["sensor_id"], new["start_ts_us"]
         new_share = session_share(new)
         if old is not None:
-            old_minute = old["start_ts_us"] // width
+            old_start = old["start_ts_us"]
             old_share = session_share(old)
-            if old_minute == new_minute and old_share == new_share:
-                self._session_ip(old, new, old_minute, new_minute)
-                return
-            self._minute(sensor_id, old_minute).add_share(old_share, -1)
-            if old["commands"]:
-                for level in LEVELS:
-                    old_piece, new_piece = (_coarser(level, m) for m in (old_minute, new_minute))
-                    if old_piece != new_piece:
-                        self.max_to_recompute.add((level.id, old_piece, sensor_id))
-        counters = self._minute(sensor_id, new_minute)
-        counters.add_share(new_share, 1)
-        counters.max_session_commands = max(counters.max_session_commands, new["commands"])
-        self._session_ip(old, new, None if old is None else old["start_ts_us"] // width, new_minute)
+            if old_start // width != new_start // width or old_share != new_share:
+                self._add_share(sensor_id, old_start // width, old_share, -1)
+                if old["commands"]:
+                    for level in _left(LEVELS, old_start, new_start):
+                        self.max_to_recompute.add((level.id, level.piece(old_start), sensor_id))
+                self._add_share(sensor_id, new_start // width, new_share, 1)
+        else:
+            self._add_share(sensor_id, new_start // width, new_share, 1)
+        counters = self._minute(sensor_id, new_start // width)
+        if new["commands"] > counters[MOST_COMMANDS]:
+            counters[MOST_COMMANDS] = new["commands"]
+        self._session_ip(old, new)
 
-    def _session_ip(
-        self,
-        old: Mapping[str, Any] | None,
-        new: Mapping[str, Any],
-        old_minute: int | None,
-        new_minute: int,
-    ) -> None:
+    def _add_share(self, sensor_id: int, minute: int, share: Sequence[int], sign: int) -> None:
+        counters = self._minute(sensor_id, minute)
+        for at, value in zip(SESSION_AT, share, strict=True):
+            counters[at] += sign * value
+
+    def _session_ip(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
         """Keep the source-IP sets and the source IPs' ranking entries of the session's pieces.
 
         A session that moved (another IP, or a start in another piece) gives its
@@ -293,19 +289,27 @@ class SummaryChanges:
         the piece's entry is recounted from the sessions, since the times of the
         others sharing the IP are not known here.
         """
-        sensor_id, new_ip = new["sensor_id"], new["src_ip_id"]
+        sensor_id, new_ip, new_start = new["sensor_id"], new["src_ip_id"], new["start_ts_us"]
         old_ip = None if old is None else old["src_ip_id"]
-        if old is not None and old_ip is not None and old_minute is not None:
-            for level in LEVELS:
-                old_piece, new_piece = (_coarser(level, m) for m in (old_minute, new_minute))
-                if old_ip != new_ip or old_piece != new_piece:
-                    # Another session of the piece may share the IP: recount, don't remove.
-                    self.sets_to_rebuild.add((SRC_IP, level.id, old_piece, sensor_id))
-                    if level in VALUE_LEVELS:
-                        self.values_to_rebuild.add((SRC_IP, level.id, old_piece, sensor_id, old_ip))
-        moved = old is None or old_ip != new_ip or old_minute != new_minute
+        if old is not None and old_ip is not None:
+            old_start = old["start_ts_us"]
+            for level in SET_LEVELS + VALUE_LEVELS:
+                if old_ip == new_ip and level.piece(old_start) == level.piece(new_start):
+                    continue
+                # Another session of the piece may share the IP: recount, don't remove.
+                if level in SET_LEVELS:
+                    self.sets_to_rebuild.add((SRC_IP, level.id, level.piece(old_start), sensor_id))
+                if level in VALUE_LEVELS:
+                    key = (SRC_IP, level.id, level.piece(old_start), sensor_id, old_ip)
+                    self.values_to_rebuild.add(key)
+        finest = SET_LEVELS[0]
+        moved = (
+            old is None
+            or old_ip != new_ip
+            or finest.piece(old["start_ts_us"]) != finest.piece(new_start)
+        )
         if new_ip is not None and moved:
-            self._add_to_set(SRC_IP, sensor_id, new_minute, new_ip)
+            self._add_to_set(SRC_IP, sensor_id, new_start, new_ip)
         old_key = None if old is None or old_ip is None else self._ip_key(old)
         new_key = None if new_ip is None else self._ip_key(new)
         if old is not None and old_key is not None and old_key != new_key:
@@ -329,18 +333,19 @@ class SummaryChanges:
         pieces: dict[PieceKey, Counters] = dict(self.minutes)
         for (_, minute, sensor_id), counters in self.minutes.items():
             for level in LEVELS[1:]:
-                key = (level.id, _coarser(level, minute), sensor_id)
+                key = (level.id, _coarser(level, MINUTE, minute), sensor_id)
                 coarse = pieces.get(key)
                 if coarse is None:
-                    coarse = pieces[key] = Counters()
-                coarse.merge(counters)
-        return [(*key, *counters.row()) for key, counters in sorted(pieces.items())]
+                    coarse = pieces[key] = new_counters()
+                merge_counters(coarse, counters)
+        return [(*key, *counters) for key, counters in sorted(pieces.items())]
 
     def set_additions_by_level(self) -> dict[SetKey, set[int]]:
+        finest = SET_LEVELS[0]
         additions: dict[SetKey, set[int]] = {}
-        for (kind, _, minute, sensor_id), members in self.set_additions.items():
-            for level in LEVELS:
-                key = (kind, level.id, _coarser(level, minute), sensor_id)
+        for (kind, _, piece, sensor_id), members in self.set_additions.items():
+            for level in SET_LEVELS:
+                key = (kind, level.id, _coarser(level, finest, piece), sensor_id)
                 if key not in self.sets_to_rebuild:
                     additions.setdefault(key, set()).update(members)
         return additions

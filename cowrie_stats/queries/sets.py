@@ -1,6 +1,7 @@
 """Exact distinct counts: unions of the ``rollup_sets`` bitmaps of a scope's pieces.
 
-The edges add the ids of their raw rows. Source IPs are those of the sessions
+The sets are kept per hour and day; the partial hours at the edges add the ids
+of their raw rows. Source IPs are those of the sessions
 that started in the scope; usernames, passwords and hashes those of its events.
 """
 
@@ -13,6 +14,7 @@ from pyroaring import BitMap
 from sqlalchemy import Connection, select
 
 from cowrie_stats.db.models import DOWNLOADS, LOGIN_ATTEMPTS, ROLLUP_SETS, SESSIONS, VALUE_KINDS
+from cowrie_stats.ingest.summaries import SET_LEVELS
 from cowrie_stats.queries.scope import Scope
 
 SRC_IP, USERNAME, PASSWORD, SHASUM = (
@@ -32,6 +34,7 @@ Sets = dict[tuple[int, int], BitMap]
 
 def sets_by_sensor(conn: Connection, scope: Scope, kinds: Sequence[int]) -> Sets:
     """The distinct ids of each kind per sensor over the scope."""
+    scope = scope.at(SET_LEVELS)
     found: Sets = {}
     t = ROLLUP_SETS.c
     query = select(t.kind, t.sensor_id, t.members).where(

@@ -319,6 +319,8 @@ def _pieces(bind: sa.Connection, table: str, ts: str, column: str, width: int) -
 def _fill_sets(bind: sa.Connection) -> None:
     for kind_name, table, ts, column in SET_SOURCES:
         for level, width in LEVELS.items():
+            if width == MINUTE:
+                continue  # sets are kept per hour and day
             rows: list[dict[str, Any]] = []
             key: tuple[int, int] | None = None
             members = BitMap()
