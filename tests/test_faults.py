@@ -25,6 +25,7 @@ from pgcluster import PgCluster
 from sqlalchemy import text
 from test_chaos import ask, same_answer, time_range
 from test_ingest import snapshot
+from test_routing import pair_settings
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.routing import create_db_engine
@@ -62,15 +63,7 @@ def _eventually_ok(stub: stats_pb2_grpc.CowrieStatsServiceStub, timeout: float =
 
 
 def test_restarts_and_killed_connections_during_load(cluster: PgCluster) -> None:
-    settings = Settings(
-        database_url=cluster.primary_url,
-        replica_urls=(cluster.replica_url,),
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        replica_check_interval_seconds=0.2,
-        db_connect_timeout_seconds=2,
-        result_cache_entries=0,
-    )
+    settings = pair_settings(cluster, replica_check_interval_seconds=0.2, result_cache_entries=0)
     server = StatsServer(settings)
     server.start()
     stop = threading.Event()

@@ -41,7 +41,7 @@ REPLAY_COLUMNS = """
     pg_is_in_recovery(),
     pg_last_wal_receive_lsn()::text,
     pg_last_wal_replay_lsn()::text,
-    pg_is_in_recovery() AND pg_get_wal_replay_pause_state() <> 'not paused',
+    CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() <> 'not paused' END,
     EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8
 """
 REPLAY_SAMPLE = text(f"SELECT {REPLAY_COLUMNS}")
