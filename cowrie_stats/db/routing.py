@@ -334,7 +334,7 @@ class Router:
         except sa_exc.TimeoutError:  # every pooled connection is busy: it answers, to others
             endpoint.next_check = time.monotonic() + self.interval
             return True
-        except sa_exc.SQLAlchemyError as error:
+        except Exception as error:  # whatever went wrong, it did not answer: back off
             self._record_failure(endpoint, f"check failed: {error_text(error)}")
             return False
         return True
