@@ -85,9 +85,11 @@ test: dev tools lint typecheck proto-lint
 	./scripts/ensure-postgres.sh >/dev/null
 	$(MAKE) --no-print-directory unit
 
-# The long variants of the load, overload and fuzz tests (minutes, not seconds).
+# The long variants of the load, overload, fuzz and chaos tests (minutes, not seconds),
+# with the figures they print (-rA). The chaos test prints its seed;
+# COWRIE_STATS_CHAOS_SEED=N replays that schedule.
 test-long:
-	COWRIE_STATS_LONG_TESTS=1 $(MAKE) --no-print-directory test
+	COWRIE_STATS_LONG_TESTS=1 $(MAKE) --no-print-directory test PYTEST_ARGS="-rA $(PYTEST_ARGS)"
 
 bench: dev
 	./scripts/ensure-postgres.sh >/dev/null

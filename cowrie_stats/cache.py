@@ -126,6 +126,7 @@ class DataVersionWatch:
         self._version: int | None = None
         self._read_at = 0.0
         self._warming = False
+        self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -139,8 +140,13 @@ class DataVersionWatch:
         try:
             version = self.read_version()
         except Exception as error:  # any failure only means "unknown"
-            log.warning("data version unknown", extra={"error": type(error).__name__})
+            if not self._failing:  # once per outage: the router logs its reasons
+                log.warning("data version unknown", extra={"error": type(error).__name__})
+            self._failing = True
             return
+        if self._failing:
+            log.info("data version known again")
+            self._failing = False
         self._read_at = time.monotonic()
         if self._version is not None and version != self._version:
             self._warming = True

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from cowrie_stats import metrics
 from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
+from cowrie_stats.servicer import DATA_LAG
 from cowrie_stats.settings import Settings
 
 log = logging.getLogger("cowrie_stats.access")
@@ -44,20 +45,22 @@ class AccessLog:
     def __init__(self, interval: float = FLUSH_INTERVAL_SECONDS) -> None:
         self.interval = interval
         self.dropped = 0
-        self._pending: deque[tuple[float, str, str, float, str | None]] = deque()
+        self._pending: deque[tuple[float, str, str, float, str | None, str | None]] = deque()
         self._flushing = threading.Lock()
         self._dropping = threading.Lock()  # only taken when lines are dropped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
+    def add(
+        self, method: str, code: grpc.StatusCode, elapsed: float, data_lag: str | None = None
+    ) -> None:
         if not log.isEnabledFor(logging.INFO):  # COWRIE_STATS_LOG_LEVEL above INFO
             return
         if len(self._pending) >= MAX_PENDING_LINES:
             with self._dropping:  # += is not atomic across threads
                 self.dropped += 1
             return
-        self._pending.append((time.time(), method, code.name, elapsed, CALLER.get()))
+        self._pending.append((time.time(), method, code.name, elapsed, CALLER.get(), data_lag))
 
     def flush(self) -> None:
         with self._flushing:
@@ -69,7 +72,9 @@ class AccessLog:
                 log.warning("access log lines dropped", extra={"lines": dropped})
 
     @staticmethod
-    def _emit(when: float, method: str, code: str, elapsed: float, caller: str | None) -> None:
+    def _emit(
+        when: float, method: str, code: str, elapsed: float, caller: str | None, lag: str | None
+    ) -> None:
         extra: dict[str, Any] = {
             "method": method,
             "code": code,
@@ -77,6 +82,8 @@ class AccessLog:
         }
         if caller is not None:
             extra["api_key_name"] = caller
+        if lag is not None:
+            extra["data_lag_seconds"] = lag
         record = log.makeRecord(log.name, logging.INFO, __file__, 0, "rpc", (), None, extra=extra)
         record.created, record.msecs = when, (when - int(when)) * 1000
         log.handle(record)
@@ -98,7 +105,7 @@ class AccessLog:
 
 
 class AccessLogInterceptor(Interceptor):
-    """Logs method, status code, duration and API key name of unary calls; counts them all.
+    """Logs method, status code, duration, API key name and data lag of unary calls; counts them.
 
     It is the outermost interceptor, so calls refused by the API key check are
     logged and counted too. The key's name is read from :data:`auth.CALLER`,
@@ -110,12 +117,12 @@ class AccessLogInterceptor(Interceptor):
         self.mode = mode
         self.lines = lines
 
-    def _worth_a_line(self, code: grpc.StatusCode, elapsed: float) -> bool:
+    def _worth_a_line(self, code: grpc.StatusCode, elapsed: float, lagging: bool) -> bool:
         if self.mode == "all":
             return True
         if self.mode == "off":
             return False
-        return code is not grpc.StatusCode.OK or elapsed >= SLOW_CALL_SECONDS
+        return code is not grpc.StatusCode.OK or elapsed >= SLOW_CALL_SECONDS or lagging
 
     def intercept_service(
         self,
@@ -142,6 +149,7 @@ class AccessLogInterceptor(Interceptor):
             metrics.STARTED.labels(method).inc()
             failed = False
             token = CALLER.set(None)  # pool threads are reused: forget the last caller
+            lag_token = DATA_LAG.set(None)
             try:
                 if request is _MALFORMED:
                     violation = FieldViolation("request", "the message does not decode")
@@ -155,9 +163,11 @@ class AccessLogInterceptor(Interceptor):
                 code = _code_of(context, failed)
                 metrics.HANDLED.labels(method, code.name).inc()
                 metrics.HANDLING.labels(method).observe(elapsed)
-                if self._worth_a_line(code, elapsed):
-                    self.lines.add(method, code, elapsed)
+                lag = DATA_LAG.get()
+                if self._worth_a_line(code, elapsed, lag is not None):
+                    self.lines.add(method, code, elapsed, lag)
                 CALLER.reset(token)
+                DATA_LAG.reset(lag_token)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -16,12 +17,16 @@ from sqlalchemy import Connection
 from cowrie_stats import queries, validation
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.cache import DataVersionWatch, ResultCache
-from cowrie_stats.db.routing import Router
+from cowrie_stats.db.lag import describe_lag
+from cowrie_stats.db.routing import Answer, Router
 from cowrie_stats.errors import rpc_errors
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 READ_FROM_HEADER = "x-cowrie-read-from"
+# Set on answers from a replica beyond COWRIE_STATS_MAX_REPLICA_LAG: how old the data may be.
+DATA_LAG_HEADER = "x-cowrie-data-lag-seconds"
+DATA_LAG: ContextVar[str | None] = ContextVar("cowrie_stats_data_lag", default=None)
 # After an ingest, the most recently asked questions are answered again for the new
 # data version before calls see it: at most this many, for at most this long.
 WARM_MAX_REQUESTS = 32
@@ -89,13 +94,17 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         metadata = dict(context.invocation_metadata())
         prefer_primary = metadata.get(READ_FROM_HEADER, "").lower() == "primary"
         if self.cache is None:
-            return self.router.run_read(work, timeout, prefer_primary=prefer_primary)
-        request_key = (type(key).__name__, key.SerializeToString(deterministic=True))
-        known = None if prefer_primary or self.versions is None else self.versions.current()
-        if known is None:
-            return self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
-        self._remember(request_key, work)
-        return self._cached_at(known, request_key, work, timeout)
+            answer = self.router.read(work, timeout, prefer_primary=prefer_primary)
+        else:
+            request_key = (type(key).__name__, key.SerializeToString(deterministic=True))
+            known = None if prefer_primary or self.versions is None else self.versions.current()
+            if known is None:
+                answer = self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
+            else:
+                self._remember(request_key, work)
+                answer = self._cached_at(known, request_key, work, timeout)
+        report_lag(context, answer.lag_seconds)
+        return answer.value
 
     def _remember(self, request_key: Hashable, work: Callable[[Connection], Any]) -> None:
         with self._recent_lock:
@@ -129,30 +138,36 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         work: Callable[[Connection], T],
         timeout: float,
         prefer_primary: bool,
-    ) -> T:
-        """Exact: the version is read in the same snapshot as the figures would be."""
+    ) -> Answer[T]:
+        """Exact: the version is read in the same snapshot as the figures would be.
+
+        A cached answer is exact for its version wherever it was computed; how
+        old that version is, is the lag of the endpoint this call read it from.
+        """
         cache = self.cache
         assert cache is not None
 
-        def cached(conn: Connection) -> T:
+        def cached(conn: Connection) -> Answer[T]:
             versioned_key = (request_key, queries.data_version(conn))
-            return cache.get_or_compute(versioned_key, lambda: work(conn), timeout)
+            return cache.get_or_compute(versioned_key, lambda: Answer(work(conn)), timeout)
 
-        return self.router.run_read(cached, timeout, prefer_primary=prefer_primary)
+        answer = self.router.read(cached, timeout, prefer_primary=prefer_primary)
+        return Answer(answer.value.value, answer.lag_seconds)
 
     def _cached_at(
         self, known: int, request_key: Hashable, work: Callable[[Connection], T], timeout: float
-    ) -> T:
+    ) -> Answer[T]:
         """Answer for the watched version ``known``; a hit touches no database.
 
         A miss computes in whatever snapshot it gets. The answer is kept only if
         that snapshot has version ``known`` (a lagging replica or a newer ingest
-        would otherwise file an answer under the wrong version) and is returned
-        either way, as an uncached call would be.
+        would otherwise file an answer under the wrong version) and came from
+        current data (the watch reads only current data, so a hit has no lag);
+        it is returned either way, with its lag, as an uncached call would be.
         """
         cache = self.cache
         assert cache is not None
-        snapshot_versions: list[int] = []  # of each attempt: run_read may retry elsewhere
+        snapshot_versions: list[int] = []  # of each attempt: a read may retry elsewhere
 
         def versioned(conn: Connection) -> T:
             snapshot_versions.append(queries.data_version(conn))
@@ -160,7 +175,16 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
 
         return cache.get_or_compute(
             (request_key, known),
-            lambda: self.router.run_read(versioned, timeout),
+            lambda: self.router.read(versioned, timeout),
             timeout,
-            keep=lambda _answer: snapshot_versions[-1] == known,
+            keep=lambda answer: snapshot_versions[-1] == known and answer.lag_seconds is None,
         )
+
+
+def report_lag(context: grpc.ServicerContext, lag_seconds: float | None) -> None:
+    """Tell the caller (a response header) and the access log that a lagging replica answered."""
+    if lag_seconds is None:
+        return
+    value = describe_lag(lag_seconds)
+    DATA_LAG.set(value)
+    context.send_initial_metadata(((DATA_LAG_HEADER, value),))

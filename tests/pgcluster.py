@@ -12,6 +12,8 @@ Usage::
     cluster.primary_url            # postgresql+psycopg://cowrie@127.0.0.1:PORT/cowrie_stats
     cluster.replica_url            # same database, read-only hot standby
     cluster.psql("SELECT pg_is_in_recovery()", on="replica")   # -> [(True,)]
+    cluster.stop_primary("kill")   # faults: stop modes fast/immediate/kill, start_*,
+    cluster.start_primary()        # pause_replay/resume_replay, set_durable(True)
     cluster.teardown()             # immediate stop of every server, directories removed
 
 Roles and database (created on the primary, present on the replicas through replication):
@@ -49,6 +51,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -82,7 +85,10 @@ _DIR_PREFIX: Final = "cowrie-stats-pg-"
 _OWNER_FILE: Final = "owner.pid"
 _REQUIRED_TOOLS: Final = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 
-StopMode = Literal["smart", "fast", "immediate"]
+# pg_ctl's shutdown modes, and "kill": SIGKILL to the postmaster, a crash (no shutdown
+# checkpoint; the other server processes exit when they notice the postmaster is gone).
+StopMode = Literal["smart", "fast", "immediate", "kill"]
+DURABILITY_SETTINGS: Final = ("fsync", "full_page_writes", "synchronous_commit")
 
 
 class PgClusterError(RuntimeError):
@@ -136,6 +142,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_state(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a process from /proc; None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return int(fields[1]), fields[0]
+
+
+def _running(pid: int) -> bool:
+    state = _process_state(pid)
+    return state is not None and state[1] != "Z"  # a zombie has exited
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            state = _process_state(int(entry.name))
+            if state is not None and state[0] == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -162,6 +193,8 @@ class PgCluster:
     :param base_dir: parent of the private temp directory; default the system temp dir.
     :param timeout: bound, in seconds, on every start/stop/wait done by :meth:`start`.
     :param extra_conf: extra ``postgresql.conf`` settings for every server.
+    :param durable: fsync, full page writes and synchronous commit on (default off: faster,
+        and a crash of a server process alone loses nothing the kernel had been given).
     """
 
     def __init__(
@@ -172,6 +205,7 @@ class PgCluster:
         base_dir: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
         extra_conf: dict[str, str] | None = None,
+        durable: bool = False,
     ) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
@@ -185,6 +219,7 @@ class PgCluster:
         self.n_replicas = replicas
         self.timeout = timeout
         self.extra_conf = dict(extra_conf or {})
+        self.durable = durable
         self._base_parent = Path(base_dir) if base_dir is not None else None
         self._as_root = os.geteuid() == 0
         self.base_dir: Path | None = None
@@ -374,6 +409,27 @@ class PgCluster:
         self._start(node)
         if wait_streaming and self._primary.running:
             self.wait_streaming(index, timeout=self.timeout)
+
+    def set_durable(self, durable: bool) -> None:
+        """Turn fsync, full page writes and synchronous commit on or off on the running primary.
+
+        Takes effect at once (configuration reload), for new transactions.
+        """
+        value = "on" if durable else "off"
+        for name in DURABILITY_SETTINGS:
+            self.psql(f"ALTER SYSTEM SET {name} = {value}")
+        self.psql("SELECT pg_reload_conf()")
+        self._wait(
+            lambda: self.scalar("SHOW fsync") == value,
+            self.timeout,
+            f"fsync to be {value}",
+            self._primary,
+        )
+        self.durable = durable
+
+    def is_running(self, on: str = "primary") -> bool:
+        """Whether the harness started the node and has not stopped it since."""
+        return self._node(on).running
 
     def pause_replay(self, index: int = 0, *, timeout: float = 10.0) -> None:
         """``pg_wal_replay_pause()`` on a replica, waiting until replay is actually paused.
@@ -571,9 +627,7 @@ class PgCluster:
             "listen_addresses": f"'{HOST}'",
             "max_connections": "200",
             "shared_buffers": "32MB",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            **dict.fromkeys(DURABILITY_SETTINGS, "on" if self.durable else "off"),
             "wal_level": "replica",
             "max_wal_senders": "10",
             "max_replication_slots": "10",
@@ -674,8 +728,48 @@ class PgCluster:
     def _stop(self, node: _Node, mode: StopMode) -> None:
         if not node.running and not (node.data_dir / "postmaster.pid").exists():
             return
-        self._pg_ctl(node, "stop", "-m", mode, "-w", "-t", str(int(self.timeout)))
+        if mode == "kill":
+            self._kill(node)
+        else:
+            self._pg_ctl(node, "stop", "-m", mode, "-w", "-t", str(int(self.timeout)))
         node.running = False
+
+    def _kill(self, node: _Node) -> None:
+        """SIGKILL the postmaster, then wait until all its processes are gone.
+
+        The backends, the WAL writer and the others exit by themselves once they
+        notice; until they have, the data directory cannot be started again.
+        Any still there after ``timeout`` are killed too.
+        """
+        try:
+            pid = int((node.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        processes = [pid, *_children(pid)]
+        for victims in ([pid], processes):
+            for victim in filter(_running, victims):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + self.timeout
+            while any(map(_running, processes)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not any(map(_running, processes)):
+                self._forget_dead_postmaster(node, pid)
+                return
+        raise PgClusterError(f"processes of {node.name} survived SIGKILL{self._log_note(node)}")
+
+    @staticmethod
+    def _forget_dead_postmaster(node: _Node, pid: int) -> None:
+        """Remove the lock file of a postmaster that has exited but is not reaped yet.
+
+        A new postmaster would take the zombie for a live one ("lock file
+        postmaster.pid already exists") until init reaps it, which can take a while.
+        """
+        deadline = time.monotonic() + 2
+        while _process_state(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _process_state(pid) is not None:
+            (node.data_dir / "postmaster.pid").unlink(missing_ok=True)
 
     def _pg_ctl(self, node: _Node, *args: str) -> None:
         self._run(

@@ -1,14 +1,23 @@
-"""Database routing: one engine per endpoint; reads on healthy replicas, writes on the primary.
+"""Database routing: each read on the freshest endpoint that answers; writes on the primary.
 
-The query layer asks :meth:`Router.run_read` to run a read function and never
-knows which host answered. Replica choice is round-robin over the healthy
-replicas: every statistics RPC costs about the same and is short, so rotating
-spreads load evenly without the bookkeeping of least-loaded, and each engine's
-own pool bounds its connections. A replica is healthy when it answers and its
-replay lag is within the limit; health is re-checked in the background (with
-exponential backoff while failing) and immediately when a read fails on it.
-With no healthy replica, reads go to the primary. A read that fails on one
-endpoint is retried once on another; never more.
+The servicer asks :meth:`Router.read` to run a read function and never knows
+which host answered. A read tries each endpoint at most once, in three stages,
+within the call's deadline:
+
+1. the endpoints believed healthy (``db/endpoints.py``): the replicas
+   round-robin, then the primary (every statistics RPC costs about the same and
+   is short, so rotating spreads load evenly without the bookkeeping of
+   least-loaded). A replica whose own snapshot shows it lagging since its last
+   check (``db/lag.py``) is set aside for stage 3;
+2. as a last resort, with a short connect timeout, every other endpoint not
+   known to lag: one believed unreachable may be back;
+3. only when none of those answered, the replicas, least behind first; the
+   answer then carries an upper bound of its data's age (:class:`Answer`).
+
+It gives up only when all failed (UNAVAILABLE) or the deadline passed. An
+endpoint that answers a last-resort attempt takes its state from that contact
+at once. A failure of the primary makes every replica due for a check at once.
+An outage of every endpoint, and its end, are logged once each.
 """
 
 from __future__ import annotations
@@ -19,143 +28,56 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
 
+from cowrie_stats.db import lag as replay
+from cowrie_stats.db.endpoints import (
+    HEALTHY,
+    LAGGING,
+    UNREACHABLE,
+    Endpoint,
+    error_text,
+)
+from cowrie_stats.db.engines import (
+    DEADLINE_KEY,
+    MIN_CONNECT_TIMEOUT_SECONDS,
+    connect_timeout,
+    create_db_engine,
+)
 from cowrie_stats.errors import DeadlineExceededError, UnavailableError, classify
 from cowrie_stats.settings import Settings, redact_url
+
+__all__ = ["Answer", "Endpoint", "Router", "create_db_engine"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Replication lag, measured the way an idle primary cannot fool: when all WAL
-# received has been replayed the replica is current, however old its last
-# replayed commit is (an idle primary sends nothing new). Only when replay is
-# behind what was received does the age of the last replayed commit measure
-# lag -- unless replay is merely waiting for the rest of a record whose first
-# part arrived (an idle primary can stop sending mid-record): then neither LSN
-# moves between two samples and replay is not paused.
-LAG_SAMPLE = text(
+# The stages of one read, in order (see the module docstring).
+FRESH, LAST_RESORT, BEHIND = "fresh", "last resort", "behind"
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """A read's value; ``lag_seconds`` is set when a lagging replica gave it.
+
+    It is then an upper bound of how old the data is (infinite when the replica
+    cannot tell).
     """
-    SELECT pg_is_in_recovery(),
-           pg_last_wal_receive_lsn()::text,
-           pg_last_wal_replay_lsn()::text,
-           pg_is_in_recovery() AND pg_get_wal_replay_pause_state() <> 'not paused',
-           EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
-    """
-)
-RESAMPLE_DELAY_SECONDS = 0.05
-DEADLINE_KEY = "cowrie_stats_deadline"
+
+    value: T
+    lag_seconds: float | None = None
 
 
-def measure_lag(conn: Connection) -> float:
-    """Seconds the replica behind ``conn`` lags its primary (0 on a primary)."""
-    in_recovery, received, replayed, paused, age = conn.execute(LAG_SAMPLE).one()
-    if not in_recovery or received is None or received == replayed:
-        return 0.0
-    if not paused:
-        time.sleep(RESAMPLE_DELAY_SECONDS)
-        again = conn.execute(LAG_SAMPLE).one()
-        if (again[1], again[2]) == (received, replayed):
-            return 0.0  # replay waits for WAL that was never sent: nothing to catch up
-    return float("inf") if age is None else max(float(age), 0.0)
-
-
-def create_db_engine(url: str, settings: Settings, writer: bool = False) -> Engine:
-    """An engine with its own pool, configured from settings.
-
-    ``writer`` engines (ingest, migrations) take SQLite's write lock when a
-    transaction begins, so a batch's "already stored?" check and its inserts
-    see the same database even with several ingests at once.
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, writer)
-    else:
-        engine = _postgresql_engine(url, settings)
-    event.listen(engine, "before_cursor_execute", _check_deadline)
-    return engine
-
-
-def _check_deadline(conn: Connection, *_args: object) -> None:
-    """Stop a read between statements once its RPC deadline has passed.
-
-    The statement timeout bounds each statement; this bounds the sum of them.
-    """
-    deadline = conn.info.get(DEADLINE_KEY)
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceededError("the request deadline passed; remaining queries skipped")
-
-
-def _postgresql_engine(url: str, settings: Settings) -> Engine:
-    return create_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
-        pool_recycle=settings.db_pool_recycle_seconds,
-        pool_timeout=settings.db_connect_timeout_seconds,
-        connect_args={
-            "connect_timeout": settings.db_connect_timeout_seconds,
-            "application_name": "cowrie-stats",
-        },
-    )
-
-
-def _sqlite_engine(url: str, writer: bool) -> Engine:
-    parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        from pathlib import Path
-
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-    else:
-        engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: object) -> None:
-        cursor = dbapi_conn.cursor()
-        # WAL lets the server read while an ingest writes.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-        # We issue BEGIN ourselves, below: the sqlite3 module would not begin a
-        # transaction before a SELECT, leaving each statement its own snapshot.
-        dbapi_conn.isolation_level = None
-
-    # Writers take the write lock up front; readers get one WAL snapshot per call.
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
-
-    return engine
-
-
-@dataclass
-class Endpoint:
-    """One database endpoint and what we last learnt of its health."""
-
-    name: str
-    engine: Engine
-    is_primary: bool
-    healthy: bool = True
-    lag_seconds: float = 0.0
-    failures: int = 0
-    next_check: float = 0.0
-    last_error: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class _FurtherBehindError(Exception):
+    """A replica answered but lags beyond the limit: it waits for the last stage."""
 
 
 class Router:
-    """Chooses the engine for each read and write."""
+    """Chooses the endpoint of each read and keeps every endpoint's state current."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -168,28 +90,38 @@ class Router:
             Endpoint(redact_url(url), create_db_engine(url, settings), is_primary=False)
             for url in settings.replica_urls
         ]
+        self.limit = settings.max_replica_lag_seconds
+        self.interval = settings.replica_check_interval_seconds
         self._rotation = itertools.count()
         self._fallback_logged = False
+        self._outage = False
+        self._outage_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [self.primary, *self.replicas]
 
     # -- choosing ----------------------------------------------------------------
 
     def healthy_replicas(self) -> list[Endpoint]:
         return [r for r in self.replicas if r.healthy]
 
-    def read_order(self, prefer_primary: bool = False) -> list[Endpoint]:
-        """Endpoints to try for one read, best first."""
-        if prefer_primary:
-            return [self.primary, *self.healthy_replicas()]
+    @property
+    def reads_on_primary(self) -> bool:
+        return bool(self.replicas) and not self.healthy_replicas()
+
+    def _fresh_order(self, prefer_primary: bool) -> list[Endpoint]:
+        """The endpoints believed to answer with current data, best first."""
         healthy = self.healthy_replicas()
-        if not healthy:
-            self._note_fallback(True)
-            return [self.primary]
-        self._note_fallback(False)
-        start = next(self._rotation) % len(healthy)
-        rotated = healthy[start:] + healthy[:start]
-        return [*rotated, self.primary]
+        self._note_fallback(not healthy)
+        if healthy:
+            start = next(self._rotation) % len(healthy)
+            healthy = healthy[start:] + healthy[:start]
+        primary = [self.primary] if self.primary.healthy else []
+        return [*primary, *healthy] if prefer_primary else [*healthy, *primary]
 
     def _note_fallback(self, on_primary: bool) -> None:
         if not self.replicas or on_primary == self._fallback_logged:
@@ -200,10 +132,6 @@ class Router:
         else:
             log.info("a read replica is healthy again: reads go to replicas")
 
-    @property
-    def reads_on_primary(self) -> bool:
-        return bool(self.replicas) and not self.healthy_replicas()
-
     # -- running reads -------------------------------------------------------------
 
     def run_read(
@@ -212,131 +140,244 @@ class Router:
         timeout_seconds: float | None = None,
         prefer_primary: bool = False,
     ) -> T:
-        """Run ``work`` in a read transaction; retried once on another endpoint."""
-        order = self.read_order(prefer_primary)[:2]
+        """The value of :meth:`read` from current data only (no lagging replica)."""
+        return self.read(work, timeout_seconds, prefer_primary, allow_lagging=False).value
+
+    def read(
+        self,
+        work: Callable[[Connection], T],
+        timeout_seconds: float | None = None,
+        prefer_primary: bool = False,
+        allow_lagging: bool = True,
+    ) -> Answer[T]:
+        """Run ``work`` in a read transaction on the freshest endpoint that answers.
+
+        Raises UnavailableError when none answered, DeadlineExceededError when
+        the time ran out first.
+        """
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-        for endpoint in order:
-            # The retry gets what is left of the call's time, not a fresh budget.
-            remaining = None if deadline is None else deadline - time.monotonic()
-            try:
-                with self._read_connection(endpoint, remaining) as conn:
-                    return work(conn)
-            except sa_exc.DBAPIError as error:
-                if not _is_connection_failure(error):
-                    raise
-                self._mark_failed(endpoint, error)
+        failed: set[Endpoint] = set()
+        behind: list[Endpoint] = []  # set aside during this read
+        # Each stage looks at the states as they are then: other reads and the
+        # checks may have changed them meanwhile.
+        stages: list[tuple[str, Callable[[], list[Endpoint]]]] = [
+            (FRESH, lambda: self._fresh_order(prefer_primary)),
+            (
+                LAST_RESORT,
+                lambda: [e for e in self.endpoints if e.state != LAGGING and e not in behind],
+            ),
+        ]
+        if allow_lagging:
+            stages.append((BEHIND, lambda: sorted(self.replicas, key=lambda r: r.lag_seconds)))
+        for stage, candidates in stages:
+            for endpoint in candidates():
+                if endpoint in failed:
+                    continue
+                try:
+                    return self._attempt(endpoint, stage, work, deadline, failed)
+                except _FurtherBehindError:
+                    behind.append(endpoint)
+                except _EndpointFailedError:
+                    continue
+        if not allow_lagging and (behind or any(e.state == LAGGING for e in self.replicas)):
+            raise UnavailableError("no database endpoint with current data answered")
         raise UnavailableError("no database endpoint answered; retry with backoff")
 
+    def _attempt(
+        self,
+        endpoint: Endpoint,
+        stage: str,
+        work: Callable[[Connection], T],
+        deadline: float | None,
+        failed: set[Endpoint],
+    ) -> Answer[T]:
+        """``work``'s answer from ``endpoint``; failures are recorded, then raised."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("the request deadline passed before a database answered")
+        connected = False
+        try:
+            with self._read_connection(endpoint, remaining, stage) as (conn, lag):
+                connected = True
+                value = work(conn)
+        except sa_exc.DBAPIError as error:
+            if not _is_connection_failure(error):
+                raise
+            # A connection lost mid-read (a backend killed, say) earns one more try
+            # on a new connection, in the last stage; a failed connect does not.
+            if not (connected and stage == FRESH):
+                failed.add(endpoint)
+            self._record_failure(endpoint, f"a read failed: {error_text(error)}")
+            raise _EndpointFailedError from error
+        return Answer(value, lag if lag > self.limit else None)
+
+    def _connect(self, endpoint: Endpoint, remaining: float | None, short: bool) -> Connection:
+        """A connection; ``short`` (a last resort, a probe) waits at most 2 s for a new one."""
+        seconds = float(MIN_CONNECT_TIMEOUT_SECONDS) if short else None
+        if remaining is not None:
+            seconds = remaining if seconds is None else min(seconds, remaining)
+        with connect_timeout(seconds):
+            return endpoint.engine.connect()
+
     @contextmanager
-    def _read_connection(self, endpoint: Endpoint, timeout: float | None) -> Iterator[Connection]:
-        with endpoint.engine.connect() as conn:
+    def _read_connection(
+        self, endpoint: Endpoint, timeout: float | None, stage: str
+    ) -> Iterator[tuple[Connection, float]]:
+        """A connection in a read transaction, and the lag it reads at."""
+        with self._connect(endpoint, timeout, short=stage != FRESH) as conn:
+            lag = 0.0
+            if stage != FRESH:  # not known to be current: learn its state from this contact
+                lag = self._contact(endpoint, conn).lag_seconds
+                if lag > self.limit and stage != BEHIND:
+                    raise _FurtherBehindError
             postgresql = conn.dialect.name == "postgresql"
             if postgresql:
                 # One snapshot for all the statements of a call: figures agree with
                 # each other (and with the data version) even while ingest commits.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                if timeout is None:
-                    yield conn
-                    return
                 # Keep the dict itself: once the connection breaks mid-call, touching
                 # conn.info again would raise instead of the original error.
                 info = conn.info
-                info[DEADLINE_KEY] = time.monotonic() + timeout
+                if timeout is not None:
+                    info[DEADLINE_KEY] = time.monotonic() + timeout
                 try:
                     if postgresql:
-                        # The remaining RPC deadline becomes a statement timeout, so
-                        # a cancelled call stops its query on the server too.
-                        conn.execute(
-                            text("SELECT set_config('statement_timeout', :ms, true)"),
-                            {"ms": str(max(1, int(timeout * 1000)))},
-                        )
-                    yield conn
+                        self._begin_snapshot(endpoint, conn, timeout, check=stage == FRESH)
+                    yield conn, lag
                 finally:
                     info.pop(DEADLINE_KEY, None)
 
-    # -- health --------------------------------------------------------------------
+    def _begin_snapshot(
+        self, endpoint: Endpoint, conn: Connection, timeout: float | None, check: bool
+    ) -> None:
+        """The read's first statement: its statement timeout, and a replica's replay state.
 
-    def _mark_failed(self, endpoint: Endpoint, error: BaseException) -> None:
-        if endpoint.is_primary:
+        The remaining RPC deadline becomes a statement timeout, so a cancelled
+        call stops its query on the server too. A replica found lagging here is
+        set aside, and checked at once.
+        """
+        columns = []
+        if timeout is not None:
+            columns.append("set_config('statement_timeout', :ms, true)")
+        check = check and not endpoint.is_primary
+        if check:
+            columns.append(replay.REPLAY_COLUMNS)
+        if not columns:
             return
-        with endpoint.lock:
-            was_healthy = endpoint.healthy
-            endpoint.healthy = False
-            endpoint.failures += 1
-            endpoint.last_error = type(error).__name__
-            endpoint.next_check = time.monotonic() + self._backoff(endpoint.failures)
-        if was_healthy:
-            log.warning("replica %s failed a read: marked unhealthy", endpoint.name)
+        ms = {"ms": str(max(1, int(timeout * 1000)))} if timeout is not None else {}
+        row = conn.execute(text(f"SELECT {', '.join(columns)}"), ms).one()
+        state = replay.ReplayState.of(row[-5:]) if check else None
+        if state is not None and replay.lag_at_read(state, endpoint.checked) > self.limit:
+            endpoint.check_soon()
+            self._wake.set()
+            raise _FurtherBehindError
 
-    def _backoff(self, failures: int) -> float:
-        interval = self.settings.replica_check_interval_seconds
-        return float(min(interval * 2 ** max(failures - 1, 0), interval * 12))
+    def _contact(self, endpoint: Endpoint, conn: Connection) -> replay.Measurement:
+        """Record that ``endpoint`` answered on ``conn``, with its replay lag."""
+        if endpoint.is_primary:
+            measured = replay.Measurement(0.0, (None, None))
+        else:
+            measured = replay.measure_lag(conn, self._primary_flush())
+        if conn.in_transaction():
+            conn.rollback()  # a read sets its own isolation level before it begins
+        if endpoint.record_answer(measured, self.limit, self.interval):
+            self._changed(endpoint)
+        return measured
 
-    def check_replica(self, endpoint: Endpoint) -> bool:
-        """Probe one replica now and record the result."""
+    def _primary_flush(self) -> int | None:
+        """The primary's flush position, when it answers at once (else None)."""
+        if self.primary.state == UNREACHABLE:
+            return None
         try:
-            with endpoint.engine.connect() as conn:
-                lag = measure_lag(conn)
+            with self._connect(self.primary, None, short=True) as conn:
+                return replay.primary_flush(conn)
+        except sa_exc.TimeoutError:
+            return None
         except sa_exc.SQLAlchemyError as error:
-            self._mark_failed(endpoint, error)
-            return False
-        limit = self.settings.max_replica_lag_seconds
-        with endpoint.lock:
-            was_healthy = endpoint.healthy
-            endpoint.lag_seconds = lag
-            endpoint.healthy = lag <= limit
-            if endpoint.healthy:
-                endpoint.failures = 0
-                endpoint.next_check = (
-                    time.monotonic() + self.settings.replica_check_interval_seconds
-                )
-            else:
-                endpoint.failures += 1
-                endpoint.last_error = f"lag {lag:.1f}s > {limit:.1f}s"
-                endpoint.next_check = time.monotonic() + self._backoff(endpoint.failures)
-        if was_healthy != endpoint.healthy:
-            state = "healthy" if endpoint.healthy else f"unhealthy ({endpoint.last_error})"
-            log.warning("replica %s is %s", endpoint.name, state)
-        return endpoint.healthy
+            self._record_failure(self.primary, f"check failed: {error_text(error)}")
+            return None
 
-    def check_due_replicas(self) -> None:
+    # -- state ---------------------------------------------------------------------
+
+    def _record_failure(self, endpoint: Endpoint, reason: str) -> None:
+        changed = endpoint.record_failure(reason, self.interval)
+        if endpoint.is_primary:
+            for replica in self.replicas:
+                replica.check_soon()
+            self._wake.set()
+        if changed:
+            self._changed(endpoint)
+
+    def _changed(self, endpoint: Endpoint) -> None:
+        endpoint.log_change()
+        with self._outage_lock:
+            down = all(e.state == UNREACHABLE for e in self.endpoints)
+            if down == self._outage:
+                return
+            self._outage = down
+            if down:
+                reasons = "; ".join(f"{e.role} {e.name}: {e.reason}" for e in self.endpoints)
+                log.error("database unavailable: no endpoint answers (%s)", reasons)
+            else:
+                log.info("database available again: %s %s answers", endpoint.role, endpoint.name)
+
+    # -- checks --------------------------------------------------------------------
+
+    def check(self, endpoint: Endpoint) -> bool:
+        """Contact ``endpoint`` now and record what it says; True when it answered."""
+        try:
+            with self._connect(endpoint, None, short=True) as conn:
+                if endpoint.is_primary:
+                    conn.execute(text("SELECT 1"))
+                self._contact(endpoint, conn)
+        except sa_exc.TimeoutError:  # every pooled connection is busy: it answers, to others
+            endpoint.next_check = time.monotonic() + self.interval
+            return True
+        except Exception as error:  # whatever went wrong, it did not answer: back off
+            self._record_failure(endpoint, f"check failed: {error_text(error)}")
+            return False
+        return True
+
+    def check_due(self) -> None:
         now = time.monotonic()
-        for endpoint in self.replicas:
+        for endpoint in self.endpoints:
             if endpoint.next_check <= now:
-                self.check_replica(endpoint)
+                self.check(endpoint)
 
     def ping(self) -> bool:
-        """True when some endpoint answers a trivial query (health service)."""
-        for endpoint in [self.primary, *self.healthy_replicas()]:
-            try:
-                with endpoint.engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-                return True
-            except sa_exc.SQLAlchemyError:
-                continue
-        return False
+        """True when some endpoint answers, lagging or not (the health service)."""
+        order = {HEALTHY: 0, LAGGING: 1, UNREACHABLE: 2}
+        candidates = sorted(self.endpoints, key=lambda e: order[e.state])
+        return any(self.check(endpoint) for endpoint in candidates)
 
     def start(self) -> None:
-        """Start the background replica health checks (no-op without replicas)."""
+        """Check the replicas, then keep checking in the background (no-op without replicas)."""
         if not self.replicas or self._thread is not None:
             return
         for endpoint in self.replicas:
-            self.check_replica(endpoint)
-        self._thread = threading.Thread(target=self._loop, name="replica-health", daemon=True)
+            self.check(endpoint)
+        self._thread = threading.Thread(target=self._loop, name="db-checks", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        tick = min(self.settings.replica_check_interval_seconds, 1.0)
-        while not self._stop.wait(tick):
-            self.check_due_replicas()
+        while not self._stop.is_set():
+            self._wake.clear()
+            self.check_due()
+            soonest = min(e.next_check for e in self.endpoints) - time.monotonic()
+            self._wake.wait(min(max(soonest, 0.01), 1.0))
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for endpoint in [self.primary, *self.replicas]:
+        for endpoint in self.endpoints:
             endpoint.engine.dispose()
+
+
+class _EndpointFailedError(Exception):
+    """An endpoint did not answer; already recorded."""
 
 
 def _is_connection_failure(error: sa_exc.DBAPIError) -> bool:
