@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 MINUTE, HOUR, DAY = 60_000_000, 3_600_000_000, 86_400_000_000
 LEVELS = {0: MINUTE, 1: HOUR, 2: DAY}
 SET_LEVELS = {1: HOUR, 2: DAY}
-VALUE_LEVELS = {1: HOUR, 2: DAY}
+VALUE_LEVELS = {2: DAY}
 KINDS = {"username": 1, "password": 2, "input": 3, "shasum": 4, "src_ip": 5, "credential": 6}
 
 

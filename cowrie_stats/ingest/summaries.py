@@ -50,10 +50,10 @@ VALUE_RULES: dict[str, Rule] = {
 }
 PIECE_KEY = ("level", "piece", "sensor_id")
 #: Levels each summary is kept at (finest first): counters at every level; the
-#: distinct sets and the rankings' per-value figures from hours (a minute's would
-#: cost more to keep than the raw rows of a partial hour cost to read).
+#: distinct sets from hours (a minute's bitmaps cost more to keep than the raw rows
+#: of a partial hour cost to read); the rankings' per-value figures per day.
 SET_LEVELS: tuple[Level, ...] = (HOUR, DAY)
-VALUE_LEVELS: tuple[Level, ...] = (HOUR, DAY)
+VALUE_LEVELS: tuple[Level, ...] = (DAY,)
 #: Distinct sets: source IPs of sessions (by start) and these values of events.
 EVENT_SET_KINDS = frozenset(VALUE_KINDS[value] for value in ("username", "password", "shasum"))
 SRC_IP = VALUE_KINDS["src_ip"]
@@ -293,7 +293,7 @@ class SummaryChanges:
         old_ip = None if old is None else old["src_ip_id"]
         if old is not None and old_ip is not None:
             old_start = old["start_ts_us"]
-            for level in dict.fromkeys(SET_LEVELS + VALUE_LEVELS):
+            for level in SET_LEVELS + VALUE_LEVELS:
                 if old_ip == new_ip and level.piece(old_start) == level.piece(new_start):
                     continue
                 # Another session of the piece may share the IP: recount, don't remove.

@@ -269,29 +269,28 @@ def _upsert_rollup(level: int, piece: str, table: str, figures: str, columns: st
 
 
 def _fill_values() -> None:
-    for level, width in ((1, HOUR), (2, DAY)):
-        piece = _floor("t.ts_us", width)
-        for value, table, flag in (
-            ("username", "login_attempts", "username_first"),
-            ("password", "login_attempts", "password_first"),
-            ("input", "commands", "input_first"),
-            ("shasum", "downloads", "shasum_first"),
-        ):
-            _insert_values(
-                f"{KINDS[value]}, {level}, {piece}, t.sensor_id, t.{value}_id, count(*),"
-                f" sum(CASE WHEN t.{flag} THEN 1 ELSE 0 END), min(t.ts_us), max(t.ts_us), 0",
-                f"{table} t WHERE t.{value}_id IS NOT NULL",
-            )
+    day = _floor("t.ts_us", DAY)
+    for value, table, flag in (
+        ("username", "login_attempts", "username_first"),
+        ("password", "login_attempts", "password_first"),
+        ("input", "commands", "input_first"),
+        ("shasum", "downloads", "shasum_first"),
+    ):
         _insert_values(
-            f"{KINDS['credential']}, {level}, {piece}, t.sensor_id, t.credential_id, count(*), 0,"
-            " min(t.ts_us), max(t.ts_us), sum(CASE WHEN t.success THEN 1 ELSE 0 END)",
-            "login_attempts t WHERE t.credential_id IS NOT NULL",
+            f"{KINDS[value]}, 2, {day}, t.sensor_id, t.{value}_id, count(*),"
+            f" sum(CASE WHEN t.{flag} THEN 1 ELSE 0 END), min(t.ts_us), max(t.ts_us), 0",
+            f"{table} t WHERE t.{value}_id IS NOT NULL",
         )
-        _insert_values(
-            f"{KINDS['src_ip']}, {level}, {_floor('t.start_ts_us', width)}, t.sensor_id,"
-            " t.src_ip_id, count(*), count(*), min(t.start_ts_us), max(t.end_ts_us), 0",
-            "sessions t WHERE t.src_ip_id IS NOT NULL",
-        )
+    _insert_values(
+        f"{KINDS['credential']}, 2, {day}, t.sensor_id, t.credential_id, count(*), 0,"
+        " min(t.ts_us), max(t.ts_us), sum(CASE WHEN t.success THEN 1 ELSE 0 END)",
+        "login_attempts t WHERE t.credential_id IS NOT NULL",
+    )
+    _insert_values(
+        f"{KINDS['src_ip']}, 2, {_floor('t.start_ts_us', DAY)}, t.sensor_id, t.src_ip_id,"
+        " count(*), count(*), min(t.start_ts_us), max(t.end_ts_us), 0",
+        "sessions t WHERE t.src_ip_id IS NOT NULL",
+    )
 
 
 def _insert_values(selected: str, source: str) -> None:
