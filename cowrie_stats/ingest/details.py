@@ -182,11 +182,13 @@ def with_first_use_flags(
     """``rows`` with their flags set, and the stored rows that lose theirs."""
     pairs = FIRST_USE_FLAGS[table]
     id_fields = [f"{value}_id" for value, _ in pairs]
+    # The flags are the rows' last fields, in the pairs' order.
+    id_at = [rows[0]._fields.index(field) for field in id_fields] if rows else []
     first: dict[tuple[int, int, int], tuple[int, bytes]] = {}
     for row in rows:
         order = (row.ts_us, row.event_hash)
-        for pair, id_field in enumerate(id_fields):
-            value_id = getattr(row, id_field)
+        for pair, at in enumerate(id_at):
+            value_id = row[at]
             if value_id is None:
                 continue
             key = (pair, row.session_id, value_id)
@@ -213,10 +215,9 @@ def with_first_use_flags(
     flagged = []
     for row in rows:
         order = (row.ts_us, row.event_hash)
-        flags = {
-            flag: getattr(row, id_field) is not None
-            and first.get((pair, row.session_id, getattr(row, id_field))) == order
-            for pair, (id_field, (_, flag)) in enumerate(zip(id_fields, pairs, strict=True))
-        }
-        flagged.append(row._replace(**flags))
+        flags = tuple(
+            row[at] is not None and first.get((pair, row.session_id, row[at])) == order
+            for pair, at in enumerate(id_at)
+        )
+        flagged.append(row._make(row[: -len(pairs)] + flags))
     return flagged, unflag

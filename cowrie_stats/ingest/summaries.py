@@ -31,6 +31,7 @@ from cowrie_stats.db.models import (
     VALUE_KINDS,
 )
 from cowrie_stats.ingest.bulk import BulkOps, Rule
+from cowrie_stats.ingest.details import CommandRow, DownloadRow, LoginRow
 from cowrie_stats.ingest.parse import (
     COMMAND_INPUT,
     FILE_DOWNLOAD,
@@ -58,6 +59,16 @@ VALUE_LEVELS: tuple[Level, ...] = (DAY,)
 EVENT_SET_KINDS = frozenset(VALUE_KINDS[value] for value in ("username", "password", "shasum"))
 SRC_IP = VALUE_KINDS["src_ip"]
 CREDENTIAL = VALUE_KINDS["credential"]
+
+# Field positions of the per-event tables' named rows (cowrie_stats.ingest.details).
+_FIELD_AT = {
+    table: {name: at for at, name in enumerate(row._fields)}
+    for table, row in (
+        ("login_attempts", LoginRow),
+        ("commands", CommandRow),
+        ("downloads", DownloadRow),
+    )
+}
 
 PieceKey = tuple[int, int, int]  # (level id, piece, sensor_id)
 SetKey = tuple[int, int, int, int]  # (kind, level id, piece, sensor_id)
@@ -188,20 +199,38 @@ class SummaryChanges:
     ) -> None:
         """Count flagged rows of a per-event table (named tuples) into sets and values.
 
-        ``pairs`` are the table's (value column, first-use flag) pairs.
+        ``pairs`` are the table's (value column, first-use flag) pairs. One of the
+        ingest's hot loops (a pass per row and value): lookups bound to locals.
         """
-        kinds = [(VALUE_KINDS[value], f"{value}_id", flag) for value, flag in pairs]
-        finest = VALUE_LEVELS[0]
-        for row in rows:
-            ts_us, sensor_id = row.ts_us, row.sensor_id
-            piece = finest.piece(ts_us)
-            for kind, id_field, flag in kinds:
-                value_id = getattr(row, id_field)
+        value_level, set_level = VALUE_LEVELS[0], SET_LEVELS[0]
+        value_width, set_width = value_level.width_us, set_level.width_us
+        values, additions = self.values, self.set_additions
+        for value, flag in pairs:
+            kind = VALUE_KINDS[value]
+            in_sets = kind in EVENT_SET_KINDS
+            id_at, flag_at = _FIELD_AT[table][f"{value}_id"], _FIELD_AT[table][flag]
+            for row in rows:
+                value_id = row[id_at]
                 if value_id is None:
                     continue
-                if kind in EVENT_SET_KINDS:
-                    self._add_to_set(kind, sensor_id, ts_us, value_id)
-                self._use(kind, piece, sensor_id, value_id, ts_us, int(getattr(row, flag)))
+                ts_us, sensor_id = row.ts_us, row.sensor_id
+                if in_sets:
+                    set_key = (kind, set_level.id, ts_us // set_width, sensor_id)
+                    members = additions.get(set_key)
+                    if members is None:
+                        members = additions[set_key] = set()
+                    members.add(value_id)
+                key = (kind, value_level.id, ts_us // value_width, sensor_id, value_id)
+                figures = values.get(key)
+                if figures is None:
+                    values[key] = [1, int(row[flag_at]), ts_us, ts_us, 0]
+                    continue
+                figures[0] += 1
+                figures[1] += row[flag_at]
+                if ts_us < figures[2]:
+                    figures[2] = ts_us
+                elif ts_us > figures[3]:
+                    figures[3] = ts_us
 
     def _use(
         self,
