@@ -10,6 +10,7 @@ escaped and marked, and every failure must come back as a tool error in words.
 from __future__ import annotations
 
 import http.client
+import inspect
 import json
 import os
 import re
@@ -159,6 +160,9 @@ async def check_every_tool(client: Client, stats: StatsClient) -> None:
 def test_one_read_only_tool_per_rpc_with_schemas(demo: Demo) -> None:
     service = api.DESCRIPTOR.services_by_name["CowrieStatsService"]
     assert {tool.rpc for tool in TOOLS} == {method.name for method in service.methods}
+    for tool in TOOLS:  # each calls the client method of its name with its arguments
+        keywords = inspect.signature(getattr(StatsClient, tool.name)).parameters
+        assert {"start", "end", "sensors"} | {a.name for a in tool.options} <= set(keywords)
 
     async def scenario(client: Client) -> None:
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
@@ -320,6 +324,9 @@ def test_server_down_and_deadline_say_a_retry_may_help(demo: Demo) -> None:
         text = text_of(result)
         assert result.is_error and "answered UNAVAILABLE" in text
         assert "a retry later may help" in text
+
+        with pytest.raises(MCPError, match=r"reading the sensors failed: .* UNAVAILABLE"):
+            await client.read_resource("cowrie-stats://sensors")
 
     in_process("127.0.0.1:9", down, timeout=5)
 
@@ -545,6 +552,16 @@ def test_missing_extra_is_one_line(
     assert main(["mcp"]) == 2
     err = capsys.readouterr().err
     assert err == command.MISSING_EXTRA + "\n" and "cowrie-stats[mcp]" in err
+
+
+def test_unreadable_key_file_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-key"
+    assert main(["mcp", "--target", "127.0.0.1:9", "--api-key-file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cowrie-stats: configuration error: API key file: cannot read ")
+    assert err.count("\n") == 1
 
 
 def test_http_addresses_and_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = query.client_settings(args, env)
     with StatsClient.from_settings(settings) as client:
         server = build_server(client)
-        log.info("statistics server", extra={"target": settings.target})
+        log.info("MCP server asks the statistics server", extra={"target": settings.target})
         if args.http is None:
             serve_stdio(server)
             return 0

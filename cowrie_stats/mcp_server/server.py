@@ -55,6 +55,7 @@ from cowrie_stats.mcp_server.tools import (
     ToolSpec,
     now_to_the_minute,
 )
+from cowrie_stats.tables import escape
 
 log = logging.getLogger("cowrie_stats.mcp")
 
@@ -120,10 +121,12 @@ class StatsHandlers:
             lines = "\n".join(f"- {problem}" for problem in error.problems)
             return _failed(f"{spec.name}: arguments not sent:\n{lines}\nFix them and call again.")
         try:
-            reply = await anyio.to_thread.run_sync(spec.call, self.client, call)
+            reply = await anyio.to_thread.run_sync(spec.send, self.client, call)
         except StatsError as error:
-            log.info("tool call failed", extra={"tool": spec.name, "error": str(error)})
+            # Escaped: the message can hold sensor names the caller sent.
+            log.info("tool call failed", extra={"tool": spec.name, "error": escape(str(error))})
             return _failed(render.error_text(spec.name, error))
+        log.info("tool call", extra={"tool": spec.name})
         text = render.summary(call.heading(spec.rpc, self.client.target), reply)
         return CallToolResult(
             content=[TextContent(type="text", text=text)],
@@ -142,7 +145,7 @@ class StatsHandlers:
             known = render.SENSORS_RESOURCE
             raise MCPError(INVALID_PARAMS, f"unknown resource; the one resource is {known}")
         try:
-            reply = await anyio.to_thread.run_sync(lambda: self.client.get_sensor_stats())
+            reply = await anyio.to_thread.run_sync(self.client.get_sensor_stats)
         except StatsError as error:
             raise MCPError(
                 INTERNAL_ERROR, render.error_text("reading the sensors", error)
@@ -291,6 +294,9 @@ class HttpEndpoint:
             raise
         self.host, self.port = host, self.socket.getsockname()[1]
         app = server.streamable_http_app(streamable_http_path=self.PATH, host=host)
+        # uvicorn narrates start and stop at INFO, with ANSI colours; keep its warnings.
+        quiet = max(logging.WARNING, logging.getLogger().level)
+        logging.getLogger("uvicorn.error").setLevel(quiet)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
         self._uvicorn = uvicorn.Server(config)
 

@@ -1,12 +1,12 @@
 """One MCP tool per statistics RPC: its arguments, its call, and what it tells a model.
 
 Every tool takes the same window and sensor filter (:data:`WINDOW`) plus the options of
-its RPC, and calls :class:`~cowrie_stats.client.StatsClient`. A new RPC is one more
-:class:`ToolSpec` in :data:`TOOLS`: its output schema and text summary follow from the
-response message (:mod:`.render`). Limits (``top_n`` range, window length, sensor
-names...) are checked by the gRPC server alone, which names every broken one; here only
-what cannot be sent at all is refused (a string where a number goes, a malformed
-duration or time).
+its RPC, and calls the :class:`~cowrie_stats.client.StatsClient` method of its name. A
+new RPC (with its client method) is one more :class:`ToolSpec` in :data:`TOOLS`: its
+output schema and text summary follow from the response message (:mod:`.render`).
+Limits (``top_n`` range, window length, sensor names...) are checked by the gRPC server
+alone, which names every broken one; here only what cannot be sent at all is refused (a
+string where a number goes, a malformed duration or time).
 """
 
 from __future__ import annotations
@@ -181,14 +181,17 @@ WINDOW_NOTE = (
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A read-only tool over one RPC of ``cowrie.stats.v1.CowrieStatsService``."""
+    """A read-only tool over one RPC of ``cowrie.stats.v1.CowrieStatsService``.
+
+    ``name`` is also the :class:`StatsClient` method that calls ``rpc``, and each of
+    ``options`` a keyword argument of that method.
+    """
 
     name: str
     title: str
     rpc: str
     description: str
     options: tuple[Argument, ...]
-    call: Callable[[StatsClient, Call], Message]
 
     @property
     def arguments(self) -> tuple[Argument, ...]:
@@ -202,8 +205,13 @@ class ToolSpec:
         }
 
     def output_schema(self) -> dict[str, Any]:
-        method = api.DESCRIPTOR.services_by_name[SERVICE_NAME.rsplit(".", 1)[1]]
-        return render.output_schema(method.methods_by_name[self.rpc].output_type)
+        service = api.DESCRIPTOR.services_by_name[SERVICE_NAME.rsplit(".", 1)[1]]
+        return render.output_schema(service.methods_by_name[self.rpc].output_type)
+
+    def send(self, client: StatsClient, call: Call) -> Message:
+        """The RPC, through the client method named like the tool (options are its keywords)."""
+        method: Callable[..., Message] = getattr(client, self.name)
+        return method(**call.window(), **call.options)
 
     def read(self, arguments: Mapping[str, Any]) -> Call:
         """The call these arguments ask for; ArgumentError names every unusable one."""
@@ -248,9 +256,6 @@ TOOLS = (
         "it is not totalCommands/totalSessions. Buckets are UTC hours or days, empty ones "
         "included, each counting what lies in both the bucket and the window." + WINDOW_NOTE,
         (BUCKET,),
-        lambda client, call: client.get_session_stats(
-            bucket=call.options.get("bucket"), **call.window()
-        ),
     ),
     ToolSpec(
         "get_threat_stats",
@@ -266,9 +271,6 @@ TOOLS = (
         'empty string is a value (an empty password is ranked as ""); public-key logins '
         "have no password and are not ranked." + WINDOW_NOTE,
         (TOP_N,),
-        lambda client, call: client.get_threat_stats(
-            top_n=call.options.get("top_n"), **call.window()
-        ),
     ),
     ToolSpec(
         "get_sensor_stats",
@@ -282,9 +284,6 @@ TOOLS = (
         "may have stopped sending. Use it to find the names for the sensors argument."
         + WINDOW_NOTE,
         (STALE_AFTER,),
-        lambda client, call: client.get_sensor_stats(
-            stale_after=call.options.get("stale_after"), **call.window()
-        ),
     ),
 )
 TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
