@@ -29,8 +29,8 @@ MISSING_EXTRA = (
     "pip install 'cowrie-stats[mcp]'"
 )
 EXIT_HELP = (
-    "exit status: 0 stopped (stdin closed, SIGINT or SIGTERM), 1 cannot listen,\n"
-    "  2 usage or configuration error (also: the mcp extra is not installed)"
+    "exit status: 0 stopped (stdio: stdin closed; --http: SIGINT or SIGTERM),\n"
+    "  1 cannot listen, 2 usage or configuration error (also: the mcp extra is missing)"
 )
 EXAMPLE = "cowrie-stats mcp --target stats.example.net:50051 --api-key-file ~/.cowrie-key"
 
