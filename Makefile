@@ -21,7 +21,8 @@ DEMO := env -u COWRIE_STATS_DATABASE_URL_FILE -u COWRIE_STATS_DATABASE_PASSWORD 
 
 .PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint unit bench clean
 
-# The runtime only (what `make run` needs); `dev` adds the test and lint tools.
+# The runtime only (what `make run` needs); `dev` adds the test and lint tools and the
+# mcp extra (its tests drive `cowrie-stats mcp`).
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
@@ -32,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,mcp]'
 	touch $@
 
 # Tools the quality gates need beyond the app venv: buf (npm) and the

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cowrie_stats import SERVICE_NAME, __version__, query, usage
+from cowrie_stats.mcp_server import command as mcp_command
 from cowrie_stats.settings import (
     Settings,
     SettingsError,
@@ -163,6 +164,10 @@ def _ingest_pass(args: argparse.Namespace, settings: Settings, engine: Engine) -
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     return query.run(args, _environment())
+
+
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    return mcp_command.run(args, _environment())
 
 
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
@@ -387,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
 
     query.add_subcommand(sub, cmd_query)
+    mcp_command.add_subcommand(sub, cmd_mcp)
     _add_healthcheck(sub)
     _add_hash_key(sub)
     _add_sample(sub)
