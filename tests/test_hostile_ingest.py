@@ -621,3 +621,18 @@ def test_values_of_any_length_are_stored_and_counted_exactly(
         (password, password, 1),
         ("root", password, 1),
     ]
+
+
+def test_session_ids_and_sensor_names_too_long_to_index_are_dead_letters(
+    db: Database, tmp_path: Path
+) -> None:
+    lines = [
+        event("s" * 3000, 1),
+        event("ok", 2, sensor="n" * 3000),
+        event("ok", 3),
+    ]
+    summary = db.ingest([write_log(tmp_path / "cowrie.json", lines)])
+    assert (summary.events_stored, summary.dead_lettered) == (1, 2)
+    reasons = sorted(reason for _, _, reason, _ in dead_letters(db.engine))
+    assert reasons[0].startswith("sensor name of 3000 characters is longer than 256")
+    assert reasons[1].startswith("session id of 3000 characters is longer than 256")

@@ -8,7 +8,7 @@ merge, so any split of the logs into files and batches flags the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,8 +21,9 @@ from cowrie_stats.ingest.parse import (
     ParsedEvent,
 )
 
-USERNAME, PASSWORD, INPUT, SHASUM, CREDENTIAL = (
-    VALUE_KINDS[name] for name in ("username", "password", "input", "shasum", "credential")
+USERNAME, PASSWORD, INPUT, SHASUM, CREDENTIAL, SRC_IP = (
+    VALUE_KINDS[name]
+    for name in ("username", "password", "input", "shasum", "credential", "src_ip")
 )
 
 
@@ -86,22 +87,26 @@ def split_credential(text: str) -> tuple[str, str]:
     return username.replace(CREDENTIAL_ESCAPE[1], CREDENTIAL_ESCAPE[0]), password
 
 
-def counted_values(e: ParsedEvent) -> list[tuple[int, str]]:
-    """The (kind, text) values an event adds to the dictionary."""
-    eventid = e.eventid
-    values: list[tuple[int, str]] = []
-    if eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
-        if e.username is not None:
-            values.append((USERNAME, e.username))
-        if e.password is not None:
-            values.append((PASSWORD, e.password))
-        pair = credential(e.username, e.password)
-        if pair is not None:
-            values.append((CREDENTIAL, pair))
-    elif eventid == COMMAND_INPUT:
-        values.append((INPUT, e.command or ""))
-    elif eventid == FILE_DOWNLOAD and e.shasum is not None:
-        values.append((SHASUM, e.shasum))
+def counted_values(events: Iterable[ParsedEvent]) -> set[tuple[int, str]]:
+    """The (kind, text) values ``events`` add to the dictionary (source IPs included)."""
+    values: set[tuple[int, str]] = set()
+    add = values.add
+    for e in events:
+        if e.src_ip is not None:
+            add((SRC_IP, e.src_ip))
+        eventid = e.eventid
+        if eventid in (LOGIN_SUCCESS, LOGIN_FAILED):
+            if e.username is not None:
+                add((USERNAME, e.username))
+            if e.password is not None:
+                add((PASSWORD, e.password))
+            pair = credential(e.username, e.password)
+            if pair is not None:
+                add((CREDENTIAL, pair))
+        elif eventid == COMMAND_INPUT:
+            add((INPUT, e.command or ""))
+        elif eventid == FILE_DOWNLOAD and e.shasum is not None:
+            add((SHASUM, e.shasum))
     return values
 
 

@@ -30,6 +30,9 @@ import orjson
 HASH_BYTES = 16
 
 UNKNOWN_SENSOR = "unknown"
+# Session ids and sensor names identify rows (they are part of index keys): Cowrie's are
+# a dozen characters; longer ones come from forged logs and could not be indexed.
+MAX_KEY_CHARS = 256
 MAX_RAW_CHARS = 8192  # how much of an unusable line the dead-letter record keeps
 LOGIN_SUCCESS = "cowrie.login.success"
 LOGIN_FAILED = "cowrie.login.failed"
@@ -315,6 +318,10 @@ def _build_event(fields: dict[str, Any], default_sensor: str | None) -> ParsedEv
     sensor = fields.get("sensor")
     if not isinstance(sensor, str) or sensor == "":
         sensor = default_sensor or UNKNOWN_SENSOR
+    if len(sensor) > MAX_KEY_CHARS:
+        raise UnusableLineError(
+            f"sensor name of {len(sensor)} characters is longer than {MAX_KEY_CHARS}"
+        )
     try:
         eventid, session, ts_us = _required(fields)
     except UnusableLineError as exc:
@@ -342,6 +349,10 @@ def _required(fields: dict[str, Any]) -> tuple[str, str, int]:
     session = fields.get("session")
     if not isinstance(session, str):
         raise UnusableLineError("session is missing or not a string")
+    if len(session) > MAX_KEY_CHARS:
+        raise UnusableLineError(
+            f"session id of {len(session)} characters is longer than {MAX_KEY_CHARS}"
+        )
     return eventid, session, parse_timestamp(fields.get("timestamp"))
 
 

@@ -16,6 +16,7 @@ per-event work is one dictionary lookup whatever the number of levels.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,7 +42,6 @@ from cowrie_stats.ingest.parse import (
 )
 from cowrie_stats.timeline import DAY, HOUR, LEVELS, MINUTE, Level
 
-ROLLUP_RULES: dict[str, Rule] = dict(ROLLUP_COMBINE)
 VALUE_RULES: dict[str, Rule] = {
     "uses": "add",
     "first_uses": "add",
@@ -75,8 +75,14 @@ SetKey = tuple[int, int, int, int]  # (kind, level id, piece, sensor_id)
 ValueKey = tuple[int, int, int, int, int]  # (kind, level id, piece, sensor_id, value_id)
 
 
-FIGURES = list(ROLLUP_COMBINE)  # the order of a Counters list and of a rollups row
-_ADDED = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "add"]
+# The order of a Counters list and of a rollups row: the sums first, so that merging
+# two is one C-level map over that slice.
+FIGURES = [
+    *(name for name, rule in ROLLUP_COMBINE.items() if rule == "add"),
+    *(name for name, rule in ROLLUP_COMBINE.items() if rule != "add"),
+]
+ROLLUP_RULES: dict[str, Rule] = {name: ROLLUP_COMBINE[name] for name in FIGURES}
+_SUMS = sum(1 for rule in ROLLUP_COMBINE.values() if rule == "add")
 _SMALLEST = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "min"]
 _LARGEST = [i for i, name in enumerate(FIGURES) if ROLLUP_COMBINE[name] == "max"]
 EVENTS, LOGINS, SUCCESSES, COMMANDS, DOWNLOADS = (FIGURES.index(n) for n in EVENT_COUNTERS)
@@ -96,8 +102,7 @@ def new_counters() -> Counters:
 
 
 def merge_counters(into: Counters, other: Counters) -> None:
-    for i in _ADDED:
-        into[i] += other[i]
+    into[:_SUMS] = map(operator.add, into[:_SUMS], other[:_SUMS])
     for i in _SMALLEST:
         if other[i] is not None and (into[i] is None or other[i] < into[i]):
             into[i] = other[i]
