@@ -19,7 +19,7 @@ DEMO := env -u COWRIE_STATS_DATABASE_URL_FILE -u COWRIE_STATS_DATABASE_PASSWORD 
 	-u COWRIE_STATS_REPLICA_URLS_FILE COWRIE_STATS_ENV_FILE=/dev/null \
 	COWRIE_STATS_DATABASE_URL=sqlite:///$(DEMO_DATABASE)
 
-.PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint unit bench clean
+.PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint release-contract unit bench clean
 
 # The runtime only (what `make run` needs); `dev` adds the test and lint tools and the
 # mcp extra (its tests drive `cowrie-stats mcp`).
@@ -71,12 +71,16 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy --strict cowrie_stats tests scripts bench
 
+# The contract only grows: buf breaking compares it with the released one, kept as a buf
+# image (protos/released-contract.json). After a release: make release-contract.
+RELEASED_CONTRACT := protos/released-contract.json
+
 proto-lint: tools
 	$(BUF) lint
-	@tag=$$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null || true); \
-	if [ -n "$$tag" ]; then \
-		echo "buf breaking against $$tag"; $(BUF) breaking --against ".git#tag=$$tag"; \
-	else echo "buf breaking: no release tag yet, nothing to compare against"; fi
+	$(BUF) breaking --against $(RELEASED_CONTRACT)
+
+release-contract: tools
+	$(BUF) build --exclude-source-info -o $(RELEASED_CONTRACT)
 
 unit: dev tools
 	COWRIE_STATS_REQUIRE_POSTGRES=1 COWRIE_STATS_REQUIRE_TOOLS=1 \
