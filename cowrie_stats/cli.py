@@ -1,4 +1,5 @@
-"""The ``cowrie-stats`` command: serve, migrate, ingest, query, healthcheck, hash-key, sample."""
+"""The ``cowrie-stats`` command: serve, migrate, ingest, query, healthcheck, hash-key, sample,
+prune, dead-letters."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cowrie_stats import SERVICE_NAME, __version__, query, usage
+from cowrie_stats.maintenance import commands as maintenance
 from cowrie_stats.settings import (
     Settings,
     SettingsError,
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cowrie_stats")
 
 #: Subcommands that open the database: they say which one at start.
-DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest"})
+DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest", "prune", "dead-letters"})
 
 
 def _environment() -> dict[str, str]:
@@ -157,6 +159,10 @@ def _ingest_pass(args: argparse.Namespace, settings: Settings, engine: Engine) -
     else:
         print(summary.to_json(), flush=True)
     print_problems(summary, sys.stderr)
+    if settings.retention_days:
+        from cowrie_stats.maintenance.prune import apply_retention
+
+        apply_retention(engine, settings.retention_days)
     return summary.exit_code
 
 
@@ -390,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_healthcheck(sub)
     _add_hash_key(sub)
     _add_sample(sub)
+    maintenance.add_subcommands(sub)
     return parser
 
 
