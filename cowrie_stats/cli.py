@@ -114,9 +114,10 @@ def _ingest_passes(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     exporter = None
     if args.watch and settings.metrics_port:
-        from cowrie_stats.metrics import MetricsServer
+        from cowrie_stats.metrics import MetricsServer, register_ingest_counters
 
         # A watching ingest is long-lived: expose its counters like the server does.
+        register_ingest_counters()
         exporter = MetricsServer(settings.metrics_host, settings.metrics_port)
     try:
         check_schema(engine)
