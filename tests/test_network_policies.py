@@ -101,6 +101,7 @@ TOPOLOGY = {
         _pod("kube-system", "coredns", {"k8s-app": "kube-dns"}),
         _pod("kube-system", "metrics-server", {"k8s-app": "metrics-server"}),
         _pod("monitoring", "prometheus", {"app.kubernetes.io/name": "prometheus"}),
+        _pod("monitoring", "grafana", {"app.kubernetes.io/name": "grafana"}),
     ],
 }
 
@@ -157,6 +158,7 @@ def test_connectivity_matrix_is_exactly_the_intended_one(tmp_path: Path) -> None
         "clients/unlabelled",
         "kube-system/metrics-server",
         PROMETHEUS,
+        "monitoring/grafana",
     ):
         assert endpoint in endpoints
     assert ANYWHERE in endpoints
@@ -243,6 +245,20 @@ spec:
       ports: [{protocol: TCP, port: 9464}]
 """,
         ("other/intruder", API[0], TCP_METRICS),
+    ),
+    "metrics-from-all-of-monitoring": (
+        """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mutation, namespace: cowrie-stats}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/component: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+      ports: [{protocol: TCP, port: 9464}]
+""",
+        ("monitoring/grafana", API[0], TCP_METRICS),
     ),
     "monitoring-to-grpc": (
         """
