@@ -20,7 +20,7 @@ ends exactly where an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,7 @@ from cowrie_stats.db.models import (
     SESSIONS,
 )
 from cowrie_stats.ingest.bulk import BulkOps
+from cowrie_stats.maintenance import dead_letters
 from cowrie_stats.maintenance.rebuild import rebuild_summaries
 from cowrie_stats.timeline import DAY, Span
 
@@ -95,6 +96,8 @@ class PruneReport:
 
 
 ROW_COUNTS = ("sessions", "events", "login_attempts", "commands", "downloads", "dead_letters")
+# Per-session counts of ``sessions``: their sums are the rows a prune deletes.
+SESSION_FIGURES = ("events", "login_attempts", "commands", "downloads")
 
 
 def retention_cutoff(days: int, now: datetime | None = None) -> int:
@@ -144,26 +147,21 @@ def _prunes_dead_letters(selection: Selection) -> bool:
     return selection.sensor is None and selection.before_us is not None
 
 
+def _old_dead_letters(selection: Selection) -> dead_letters.Filter:
+    return dead_letters.Filter(before_us=selection.before_us)
+
+
 def plan(conn: Connection, selection: Selection) -> PruneReport:
     """What :func:`prune` would delete, without deleting anything (a dry run)."""
     sensor_id = _sensor_id(conn, selection)
     s = SESSIONS.c
-    figures = [s.events, s.login_attempts, s.commands, s.downloads]
-    counts = conn.execute(
-        select(func.count(), *(func.coalesce(func.sum(f), 0) for f in figures)).where(
-            *_chosen(selection, sensor_id)
-        )
-    ).one()
+    sums = [func.coalesce(func.sum(s[name]), 0) for name in SESSION_FIGURES]
+    counts = conn.execute(select(func.count(), *sums).where(*_chosen(selection, sensor_id))).one()
     report = PruneReport()
-    for name, value in zip(ROW_COUNTS[:-1], counts, strict=True):  # all but dead letters
+    for name, value in zip(("sessions", *SESSION_FIGURES), counts, strict=True):
         setattr(report, name, int(value))
     if _prunes_dead_letters(selection):
-        report.dead_letters = int(
-            conn.scalar(
-                select(func.count()).where(DEAD_LETTERS.c.created_ts_us < selection.before_us)
-            )
-            or 0
-        )
+        report.dead_letters = dead_letters.count(conn, _old_dead_letters(selection))
     removed = select(SENSORS.c.name).order_by(SENSORS.c.name)
     if sensor_id is not None:
         removed = removed.where(SENSORS.c.id == sensor_id)
@@ -182,15 +180,10 @@ def _days(conn: Connection, selection: Selection, sensor_id: int | None) -> Iter
         day = _next_day(conn, selection, sensor_id, day + 1)
 
 
-def prune(
-    engine: Engine,
-    selection: Selection,
-    on_day: Callable[[int, PruneReport], None] | None = None,
-) -> PruneReport:
+def prune(engine: Engine, selection: Selection) -> PruneReport:
     """Delete what ``selection`` names, a day per transaction, oldest first.
 
     ``engine`` must be a writer engine (cowrie_stats.db.routing.create_db_engine).
-    ``on_day(day, report)`` is called after each committed day.
     """
     total = PruneReport()
     with engine.connect() as conn:
@@ -205,8 +198,6 @@ def prune(
             done = _prune_day(conn, selection, sensor_id, day)
         total.add(done)
         log.debug("pruned a day", extra={"day": _day_text(day), **done.to_dict()})
-        if on_day is not None:
-            on_day(day, done)
         day += 1
     with engine.begin() as conn:
         BulkOps.for_connection(conn).lock()
@@ -314,10 +305,8 @@ def _finish(conn: Connection, selection: Selection, sensor_id: int | None) -> Pr
     """After the days: old dead letters, and the selected sensor if it has no events left."""
     report = PruneReport()
     if _prunes_dead_letters(selection):
-        d = DEAD_LETTERS.c
-        report.dead_letters = conn.execute(
-            delete(DEAD_LETTERS).where(d.created_ts_us < selection.before_us)
-        ).rowcount
+        old = _old_dead_letters(selection).clauses()
+        report.dead_letters = conn.execute(delete(DEAD_LETTERS).where(*old)).rowcount
     if sensor_id is not None and selection.before_us is None:
         report.sensors_removed = _settle_sensors(conn, {sensor_id: 0})
         if report.sensors_removed:
