@@ -250,3 +250,16 @@ def test_a_killed_prune_run_again_ends_like_an_uninterrupted_one(
     assert snapshot(db.engine) == snapshot(whole.engine)
     assert stored_sensors(db.engine) == stored_sensors(whole.engine)
     whole.engine.dispose()
+
+
+def test_real_captures_pruned_in_the_middle_answer_like_the_reference(
+    db: Database, captures: list[Path], start_server: StartServer
+) -> None:
+    db.ingest(captures)
+    times = sorted(e.ts for e in reference.load_events(captures))
+    middle = times[len(times) // 2] + 1
+    done = prune(db.engine, Selection(before_us=middle))
+    assert done.sessions > 0
+    kept = remaining_events(captures, middle, None)
+    assert_exact(db, kept)
+    _all_checks(start_server(db.settings()).stub, kept)
