@@ -19,7 +19,7 @@ DEMO := env -u COWRIE_STATS_DATABASE_URL_FILE -u COWRIE_STATS_DATABASE_PASSWORD 
 	-u COWRIE_STATS_REPLICA_URLS_FILE COWRIE_STATS_ENV_FILE=/dev/null \
 	COWRIE_STATS_DATABASE_URL=sqlite:///$(DEMO_DATABASE)
 
-.PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint release-contract unit bench clean
+.PHONY: install dev tools buf run test test-long lint typecheck proto proto-lint release-contract unit bench secrets clean
 
 # The runtime only (what `make run` needs); `dev` adds the test and lint tools and the
 # mcp extra (its tests drive `cowrie-stats mcp`).
@@ -99,6 +99,10 @@ test-long:
 bench: dev
 	./scripts/ensure-postgres.sh >/dev/null
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The Docker secrets files of docker-compose.yml (mode 0600, never overwritten).
+secrets:
+	./scripts/compose-secrets.sh
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

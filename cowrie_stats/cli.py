@@ -1,4 +1,5 @@
-"""The ``cowrie-stats`` command: serve, migrate, ingest, query, healthcheck, hash-key, sample."""
+"""The ``cowrie-stats`` command: serve, migrate, ingest, query, healthcheck, hash-key, sample,
+prune, dead-letters."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cowrie_stats import SERVICE_NAME, __version__, query, usage
+from cowrie_stats.maintenance import commands as maintenance
 from cowrie_stats.mcp_server import command as mcp_command
 from cowrie_stats.settings import (
     Settings,
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cowrie_stats")
 
 #: Subcommands that open the database: they say which one at start.
-DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest"})
+DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest", "prune", "dead-letters"})
 
 
 def _environment() -> dict[str, str]:
@@ -113,9 +115,10 @@ def _ingest_passes(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     exporter = None
     if args.watch and settings.metrics_port:
-        from cowrie_stats.metrics import MetricsServer
+        from cowrie_stats.metrics import MetricsServer, register_ingest_counters
 
         # A watching ingest is long-lived: expose its counters like the server does.
+        register_ingest_counters()
         exporter = MetricsServer(settings.metrics_host, settings.metrics_port)
     try:
         check_schema(engine)
@@ -158,6 +161,10 @@ def _ingest_pass(args: argparse.Namespace, settings: Settings, engine: Engine) -
     else:
         print(summary.to_json(), flush=True)
     print_problems(summary, sys.stderr)
+    if settings.retention_days:
+        from cowrie_stats.maintenance.prune import apply_retention
+
+        apply_retention(engine, settings.retention_days)
     return summary.exit_code
 
 
@@ -396,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_healthcheck(sub)
     _add_hash_key(sub)
     _add_sample(sub)
+    maintenance.add_subcommands(sub)
     return parser
 
 

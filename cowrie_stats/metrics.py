@@ -33,14 +33,29 @@ HANDLING = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-# Incremented by the ingest (cowrie_stats.ingest), exposed by the process that ingests.
-INGESTED_EVENTS = Counter("cowrie_stats_ingest_events_stored", "Events stored by ingest.")
+# Incremented by the ingest (cowrie_stats.ingest), exported only by the process that
+# ingests: registered by register_ingest_counters() (a serving process would show zeros).
+INGESTED_EVENTS = Counter(
+    "cowrie_stats_ingest_events_stored", "Events stored by ingest.", registry=None
+)
 INGEST_DUPLICATES = Counter(
-    "cowrie_stats_ingest_duplicates_skipped", "Events skipped by ingest as already stored."
+    "cowrie_stats_ingest_duplicates_skipped",
+    "Events skipped by ingest as already stored.",
+    registry=None,
 )
 INGEST_DEAD_LETTERED = Counter(
-    "cowrie_stats_ingest_dead_lettered", "Log lines ingest could not parse (dead letters)."
+    "cowrie_stats_ingest_dead_lettered",
+    "Log lines ingest could not parse (dead letters).",
+    registry=None,
 )
+_ingest_unregistered = threading.Lock()  # taken, for good, by the one registration
+
+
+def register_ingest_counters() -> None:
+    """Export the ingest counters from this process (once; later calls do nothing)."""
+    if _ingest_unregistered.acquire(blocking=False):
+        for counter in (INGESTED_EVENTS, INGEST_DUPLICATES, INGEST_DEAD_LETTERED):
+            REGISTRY.register(counter)
 
 
 class DatabaseCollector(Collector):

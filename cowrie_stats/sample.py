@@ -104,19 +104,25 @@ def _session_events(rng: random.Random, sensor: str, at: datetime) -> list[dict[
     return events
 
 
-def generate(seed: int = 7, sessions: int = 240) -> list[dict[str, Any]]:
+def generate(
+    seed: int = 7, sessions: int = 240, start: datetime = START, every_s: int = 720
+) -> list[dict[str, Any]]:
+    """``sessions`` sessions from ``start``, one every ``every_s`` seconds (plus up to 600)."""
     rng = random.Random(seed)  # noqa: S311 - reproducible demo data, not security
     events: list[dict[str, Any]] = []
     for index in range(sessions):
-        at = START + timedelta(seconds=index * 720 + rng.randint(0, 600))
+        at = start + timedelta(seconds=index * every_s + rng.randint(0, 600))
         events.extend(_session_events(rng, SENSORS[index % len(SENSORS)], at))
     events.sort(key=lambda e: (e["timestamp"], e["session"]))
     return events
 
 
-def write_sample(path: Path, seed: int = 7) -> int:
-    """Write the demo log to ``path``; returns the number of events."""
-    events = generate(seed)
+def write_sample(path: Path, seed: int = 7, **spread: Any) -> int:
+    """Write the demo log to ``path``; returns the number of events.
+
+    ``spread`` (``sessions``, ``start``, ``every_s``) spreads other sessions over other days.
+    """
+    events = generate(seed, **spread)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         for event in events:

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cowrie_stats import SERVICE_NAME, metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
+from cowrie_stats.activity import ACTIVITY
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
@@ -126,6 +127,7 @@ class StatsServer:
         if self.settings.metrics_port:
             host = self.settings.metrics_host
             self.metrics_server = metrics.MetricsServer(host, self.settings.metrics_port)
+            ACTIVITY.attach(self.router)  # the honeypot activity series, from this router
             log.info("metrics", extra={"address": f"{host}:{self.metrics_server.port}"})
         self.access_log.start()
         self.server.start()
@@ -167,6 +169,7 @@ class StatsServer:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         metrics.DATABASE.untrack(self.router)
+        ACTIVITY.detach(self.router)
         if self.versions is not None:
             self.versions.close()
         self.router.close()

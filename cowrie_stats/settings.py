@@ -68,6 +68,9 @@ class Settings:
     # Longest log line `cowrie-stats ingest` reads; longer ones are dead-lettered
     # and skipped without being held in memory (attackers write the logs).
     ingest_max_line_bytes: int = 1 << 20
+    # Days of sessions `cowrie-stats ingest` keeps: after each pass it prunes the
+    # sessions that ended before today's UTC midnight minus this; 0 keeps everything.
+    retention_days: int = 0
 
     @property
     def primary_url(self) -> URL:
@@ -242,6 +245,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
         ingest_workers=_int(env, "INGEST_WORKERS", 1, 0, 64),
         ingest_max_line_bytes=_int(env, "INGEST_MAX_LINE_BYTES", 1 << 20, 4096, 256 << 20),
+        retention_days=_int(env, "RETENTION_DAYS", 0, 0, 100_000),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,7 +92,7 @@ class Database:
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
-    def ingest(self, paths: list[Path | str], **kwargs: object) -> IngestSummary:
+    def ingest(self, paths: Sequence[Path | str], **kwargs: object) -> IngestSummary:
         return Ingester(self.engine, **kwargs).ingest([str(p) for p in paths])  # type: ignore[arg-type]
 
     def ingest_sample(self, directory: Path) -> Path:
@@ -149,6 +149,31 @@ def pg_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     database = make_database("postgresql", tmp_path, request)
     yield database
     database.engine.dispose()
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def in_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Run:
+    """cowrie-stats main() in this process (so coverage sees it): (status, stdout, stderr)."""
+    from cowrie_stats.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("COWRIE_STATS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("cowrie_stats.cli._configure_logging", lambda _settings: None)
+
+    def run(*argv: str, **env: str) -> tuple[int, str, str]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        status = main(list(argv))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

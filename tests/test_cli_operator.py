@@ -12,16 +12,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, Run
 from pgcluster import READER_USER, PgCluster
 from test_docs import clean_env, run_bash, shell_block
 
@@ -30,7 +28,16 @@ from cowrie_stats.cli import build_parser, main
 from cowrie_stats.settings import database_location
 
 DOCUMENTED = set(re.findall(r"COWRIE_STATS_[A-Z_]+", (REPO / ".env.example").read_text()))
-OWN_HELP = ("serve", "migrate", "query", "healthcheck", "hash-key", "sample")
+OWN_HELP = (
+    "serve",
+    "migrate",
+    "query",
+    "healthcheck",
+    "hash-key",
+    "sample",
+    "prune",
+    "dead-letters",
+)
 
 
 def cli(
@@ -45,29 +52,6 @@ def cli(
         timeout=120,
         env=clean_env(**(env or {})),
     )
-
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def in_process(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Run:
-    """main() in this process (so coverage sees it): (status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    for name in [k for k in os.environ if k.startswith("COWRIE_STATS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setattr("cowrie_stats.cli._configure_logging", lambda _settings: None)
-
-    def run(*argv: str, **env: str) -> tuple[int, str, str]:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        status = main(list(argv))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def help_text(*command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -101,7 +85,7 @@ def test_serve_help_names_every_server_setting(capsys: pytest.CaptureFixture[str
         re.findall(r'_(?:raw|int|float|choice|bool|optional_path)\(env, "([A-Z_]+)"', source)
     )
     text = help_text("serve", capsys=capsys)
-    ingest_only = {"INGEST_WORKERS", "INGEST_MAX_LINE_BYTES"}
+    ingest_only = {"INGEST_WORKERS", "INGEST_MAX_LINE_BYTES", "RETENTION_DAYS"}
     missing = sorted(k for k in read - ingest_only if f"COWRIE_STATS_{k}" not in text)
     assert missing == []
 

@@ -24,6 +24,9 @@ OWNER_ROLE = "cowrie_stats"
 READER_ROLE = "cowrie_stats_reader"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 APP_SERVICES = ("migrate", "api", "ingest")
+OBSERVABILITY = ("prometheus", "grafana")
+METRICS_PORT = "9464"
+INTERPOLATION = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::-([^}]*))?\}")
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|API_KEY", re.IGNORECASE)
 CREDENTIALS_IN_URL = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
 
@@ -57,9 +60,80 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
     assert "ok -- validation done" in result.stdout
 
 
+def with_defaults(value: str) -> str:
+    """``value`` with every ``${NAME:-default}`` replaced by its default (no .env)."""
+    return INTERPOLATION.sub(lambda match: match.group(2) or "", value)
+
+
 def test_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"postgres", "postgres-replica", "migrate", "api", "ingest"}
+    assert set(services) == {
+        "postgres",
+        "postgres-replica",
+        "migrate",
+        "api",
+        "ingest",
+        *OBSERVABILITY,
+    }
     assert "redis" not in services
+
+
+def test_single_node_by_default_and_the_rest_under_profiles(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    profiles = {name: service.get("profiles") for name, service in services.items()}
+    assert profiles == {
+        "postgres": None,
+        "migrate": None,
+        "api": None,
+        "ingest": None,
+        "postgres-replica": ["replica"],
+        "prometheus": ["observability"],
+        "grafana": ["observability"],
+    }
+    # Without the replica profile the api reads the primary: no replica URL by default.
+    api = environment(services["api"])
+    assert with_defaults(api["COWRIE_STATS_REPLICA_URLS"]) == ""
+    assert services["api"]["depends_on"]["postgres-replica"]["required"] is False
+
+
+def test_ingest_watches_the_logs(services: dict[str, dict[str, Any]]) -> None:
+    ingest = services["ingest"]
+    command = [with_defaults(part) for part in ingest["command"]]
+    assert command[:3] == ["ingest", "--watch", "60"]
+    assert command[-1] == "/var/log/cowrie"
+    assert ingest["restart"] == "unless-stopped"
+    assert ingest["stop_signal"] == "SIGTERM"
+    # The logs' group (docs/deploy.md): the uid 1001 process gets it as a supplementary group.
+    assert [with_defaults(g) for g in ingest["group_add"]] == ["1001"]
+
+
+def test_metrics_are_scraped_on_their_own_network(services: dict[str, dict[str, Any]]) -> None:
+    on_metrics = {name for name, s in services.items() if "metrics" in s.get("networks", [])}
+    assert on_metrics == {"api", "ingest", *OBSERVABILITY}
+    for name in OBSERVABILITY:
+        assert services[name]["networks"] == ["metrics"], f"{name} must not reach the databases"
+    for name in ("api", "ingest"):
+        assert environment(services[name])["COWRIE_STATS_METRICS_PORT"] == METRICS_PORT
+    config = load_yaml(DEPLOY_DIR / "prometheus" / "prometheus.yml")
+    targets = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets == {
+        "cowrie-stats-api": [f"api:{METRICS_PORT}"],
+        "cowrie-stats-ingest": [f"ingest:{METRICS_PORT}"],
+    }
+    grafana = services["grafana"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/etc/grafana/dashboards:ro" in grafana["volumes"]
+    datasource = load_yaml(
+        DEPLOY_DIR / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = load_yaml(
+        DEPLOY_DIR / "grafana" / "provisioning" / "dashboards" / "cowrie-stats.yaml"
+    )
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
 
 
 def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
@@ -79,6 +153,8 @@ def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
         "postgres": "service_healthy",
         "migrate": "service_completed_successfully",
     }
+    assert conditions("prometheus") == {}
+    assert conditions("grafana") == {"prometheus": "service_healthy"}
 
 
 def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
@@ -89,7 +165,9 @@ def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     assert api_test[:3] == ["CMD", "cowrie-stats", "healthcheck"]
     for name in ("migrate", "ingest"):
         assert services[name]["healthcheck"] == {"disable": True}
-        assert services[name]["restart"] == "no", f"{name} is a one-shot job"
+    assert services["migrate"]["restart"] == "no", "migrate is a one-shot job"
+    for name in OBSERVABILITY:
+        assert services[name]["healthcheck"]["test"][:2] == ["CMD", "wget"], name
 
 
 def test_commands(services: dict[str, dict[str, Any]]) -> None:
@@ -123,14 +201,23 @@ def parse_port(entry: Any) -> tuple[str, str, str]:
     return "", "", parts[0]
 
 
-def test_only_grpc_published_and_only_on_localhost(services: dict[str, dict[str, Any]]) -> None:
+def test_only_grpc_and_grafana_published_and_on_localhost_by_default(
+    services: dict[str, dict[str, Any]],
+) -> None:
     published: dict[str, list[tuple[str, str, str]]] = {}
     for name, service in services.items():
         assert service.get("network_mode") != "host", name
-        ports = [parse_port(p) for p in service.get("ports", [])]
+        ports = [parse_port(with_defaults(p)) for p in service.get("ports", [])]
         if ports:
             published[name] = ports
-    assert published == {"api": [("127.0.0.1", str(GRPC_PORT), str(GRPC_PORT))]}
+    assert published == {
+        "api": [("127.0.0.1", str(GRPC_PORT), str(GRPC_PORT))],
+        "grafana": [("127.0.0.1", "3000", "3000")],
+    }
+    # The address and port come from .env.
+    (api_port,) = services["api"]["ports"]
+    assert api_port.startswith("${COWRIE_STATS_PUBLISH_ADDRESS:-127.0.0.1}:")
+    assert "${COWRIE_STATS_PUBLISH_PORT:-50051}:" in api_port
 
 
 def test_no_secret_in_the_compose_file(
@@ -158,12 +245,13 @@ def test_secret_files_are_gitignored() -> None:
 
 
 def test_app_containers_are_locked_down(services: dict[str, dict[str, Any]]) -> None:
-    for name in APP_SERVICES:
+    for name in (*APP_SERVICES, *OBSERVABILITY):
         service = services[name]
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in service["security_opt"], name
-        env = environment(service)
+    for name in APP_SERVICES:
+        env = environment(services[name])
         assert env["COWRIE_STATS_DATABASE_PASSWORD_FILE"].startswith("/run/secrets/")
         assert env["COWRIE_STATS_DATABASE_URL"].startswith("postgresql+psycopg://")
     ingest_volumes = services["ingest"]["volumes"]
@@ -203,7 +291,10 @@ def test_api_uses_the_read_only_database_role(services: dict[str, dict[str, Any]
     env = environment(api)
     assert url_user(env["COWRIE_STATS_DATABASE_URL"]) == READER_ROLE
     assert "@postgres:5432/" in env["COWRIE_STATS_DATABASE_URL"]
-    replicas = env["COWRIE_STATS_REPLICA_URLS"].split(",")
+    # With the replica profile, .env names the replica (as the reader, .env.example says how).
+    said = re.search(r"postgresql\+psycopg://\S+", env_example_entries()["API_REPLICA_URLS"][2])
+    assert said, ".env.example names the replica URL to set"
+    replicas = said.group(0).split(",")
     assert [url_user(u) for u in replicas] == [READER_ROLE]
     assert "@postgres-replica:5432/" in replicas[0]
     # The password file is injected into the primary and the replica URLs alike.
@@ -237,7 +328,11 @@ def test_postgres_gets_every_role_password(
     for variable, secret in expected.items():
         assert env[variable] == f"/run/secrets/{secret}", variable
     assert sorted(postgres["secrets"]) == sorted(expected.values())
-    assert set(compose["secrets"]) == set(expected.values())
+    assert set(compose["secrets"]) == {*expected.values(), "grafana_admin_password"}
+    assert services["grafana"]["secrets"] == ["grafana_admin_password"]
+    assert environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
+        "/run/secrets/grafana_admin_password"
+    )
     script = INIT_SCRIPT.read_text(encoding="utf-8")
     for variable in expected:
         if variable != "POSTGRES_PASSWORD_FILE":  # read by the postgres image itself
@@ -279,7 +374,7 @@ def test_init_script_grants_the_reader_only_select() -> None:
 
 def test_shell_scripts_pass_shellcheck() -> None:
     shellcheck = tool("shellcheck")
-    scripts = sorted(COMPOSE_DIR.rglob("*.sh"))
+    scripts = sorted([*COMPOSE_DIR.rglob("*.sh"), REPO_ROOT / "scripts" / "compose-secrets.sh"])
     assert scripts
     result = run([shellcheck, "--severity=style", *scripts])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -330,7 +425,9 @@ def test_env_file_is_optional_for_app_services(services: dict[str, dict[str, Any
 def test_compose_scripts_exist_and_are_executable() -> None:
     for script in (
         COMPOSE_DIR / "replica-entrypoint.sh",
+        COMPOSE_DIR / "primary-entrypoint.sh",
         COMPOSE_DIR / "initdb" / "10-cowrie-stats-roles.sh",
+        REPO_ROOT / "scripts" / "compose-secrets.sh",
     ):
         assert script.is_file()
         assert Path(script).stat().st_mode & 0o111, f"{script} must be executable"

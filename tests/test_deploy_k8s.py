@@ -34,6 +34,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 OWNER_ROLE = "cowrie_stats"
 READER_ROLE = "cowrie_stats_reader"
 DB_SECRET = "cowrie-stats-db"
+METRICS_PORT = 9464
 
 
 def kustomization_dirs() -> list[Path]:
@@ -237,7 +238,18 @@ def test_api_deployment(objects: list[dict[str, Any]]) -> None:
     assert spec["securityContext"]["runAsUser"] == 1001
     (container,) = spec["containers"]
     assert container["args"] == ["serve"]
-    assert container["ports"] == [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["COWRIE_STATS_METRICS_PORT"] == str(METRICS_PORT)
+    annotations = pod_template(deployment)["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = container[probe]["grpc"]
         assert grpc["port"] == GRPC_PORT, probe

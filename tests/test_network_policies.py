@@ -30,9 +30,11 @@ INGEST = "cowrie-stats/cowrie-stats-ingest-1"
 DEPLOYED_PODS = frozenset({*API, PRIMARY, REPLICA, MIGRATE, INGEST})
 DNS = "kube-system/coredns"
 CLIENT = "clients/client"
+PROMETHEUS = "monitoring/prometheus"
 ANYWHERE = "0.0.0.0-255.255.255.255"
 
 TCP_GRPC = "{protocols:TCP,dst_ports:50051}"
+TCP_METRICS = "{protocols:TCP,dst_ports:9464}"
 TCP_POSTGRES = "{protocols:TCP,dst_ports:5432}"
 DNS_53 = "{protocols:TCP, UDP,dst_ports:53}"
 
@@ -42,6 +44,8 @@ Flow = tuple[str, str, str]
 INTENDED: frozenset[Flow] = frozenset(
     {
         *((CLIENT, api, TCP_GRPC) for api in API),
+        # Prometheus scrapes the api's metrics port, and nothing else of it.
+        *((PROMETHEUS, api, TCP_METRICS) for api in API),
         *((api, PRIMARY, TCP_POSTGRES) for api in API),
         *((api, REPLICA, TCP_POSTGRES) for api in API),
         (MIGRATE, PRIMARY, TCP_POSTGRES),
@@ -59,6 +63,7 @@ POLICY_FILES = [
     "30-api-egress-postgres.yaml",
     "40-postgres-ingress.yaml",
     "50-ingest-egress-postgres.yaml",
+    "60-api-ingress-metrics.yaml",
 ]
 
 
@@ -89,11 +94,14 @@ TOPOLOGY = {
         _namespace("clients", CLIENT_LABEL),
         _namespace("other", {}),
         _namespace("kube-system", {}),
+        _namespace("monitoring", {}),
         _pod("clients", "client", {"app": "client", **CLIENT_LABEL}),
         _pod("clients", "unlabelled", {"app": "unlabelled"}),
         _pod("other", "intruder", {"app": "intruder", **CLIENT_LABEL}),
         _pod("kube-system", "coredns", {"k8s-app": "kube-dns"}),
         _pod("kube-system", "metrics-server", {"k8s-app": "metrics-server"}),
+        _pod("monitoring", "prometheus", {"app.kubernetes.io/name": "prometheus"}),
+        _pod("monitoring", "grafana", {"app.kubernetes.io/name": "grafana"}),
     ],
 }
 
@@ -145,7 +153,13 @@ def test_connectivity_matrix_is_exactly_the_intended_one(tmp_path: Path) -> None
     # Every rule of every policy selects some of the modelled pods (no dead rule).
     assert "selects no pods" not in log, log
     # The analysis covered the whole world, not only the allowed flows.
-    for endpoint in ("other/intruder", "clients/unlabelled", "kube-system/metrics-server"):
+    for endpoint in (
+        "other/intruder",
+        "clients/unlabelled",
+        "kube-system/metrics-server",
+        PROMETHEUS,
+        "monitoring/grafana",
+    ):
         assert endpoint in endpoints
     assert ANYWHERE in endpoints
     # Exactly the pods of the deployed workloads (a new workload must be added here).
@@ -217,6 +231,48 @@ spec:
   egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0}}]}]
 """,
         (INGEST, ANYWHERE, "All connections"),
+    ),
+    "metrics-from-any-namespace": (
+        """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mutation, namespace: cowrie-stats}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/component: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {}}]
+      ports: [{protocol: TCP, port: 9464}]
+""",
+        ("other/intruder", API[0], TCP_METRICS),
+    ),
+    "metrics-from-all-of-monitoring": (
+        """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mutation, namespace: cowrie-stats}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/component: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+      ports: [{protocol: TCP, port: 9464}]
+""",
+        ("monitoring/grafana", API[0], TCP_METRICS),
+    ),
+    "monitoring-to-grpc": (
+        """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mutation, namespace: cowrie-stats}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/component: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+      ports: [{protocol: TCP, port: 50051}]
+""",
+        (PROMETHEUS, API[0], "{protocols:TCP,dst_ports:9464,50051}"),
     ),
     "ingest-egress-any-namespace": (
         """

@@ -27,6 +27,8 @@ environment (COWRIE_STATS_*, also from a mode-600 .env file; *_FILE variants rea
   COWRIE_STATS_INGEST_WORKERS          parse processes for inputs over 50,000 lines (default 1)
   COWRIE_STATS_INGEST_MAX_LINE_BYTES   longest line read (default 1048576); longer ones are
                                        dead-lettered and skipped
+  COWRIE_STATS_RETENTION_DAYS         after each pass, prune sessions that ended before UTC
+                                       midnight this many days ago (default 0: keep all)
   COWRIE_STATS_DB_CONNECT_TIMEOUT      seconds to wait for the database (default 5)
   COWRIE_STATS_METRICS_PORT, _HOST     with --watch: serve Prometheus metrics (default off)
   COWRIE_STATS_LOG_LEVEL, _LOG_FORMAT  logging of the process
