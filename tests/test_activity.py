@@ -134,8 +134,10 @@ def test_a_failed_read_is_up_zero_until_it_answers_again(tmp_path: Path) -> None
     reads = _count_reads(router)
     try:
         assert _samples(collector) == {("cowrie_stats_activity_up", ""): 0.0}
+        tried = len(reads)  # one read may try the endpoint twice (a broken connection)
+        assert tried >= 1
         assert _samples(collector) == {("cowrie_stats_activity_up", ""): 0.0}
-        assert len(reads) == 1  # the failure is kept for the cache time too
+        assert len(reads) == tried  # the failure is kept for the cache time too
         collector.detach(router)
         assert _samples(collector) == {}
     finally:
