@@ -69,7 +69,7 @@ lint: dev
 	$(BIN)/ruff format --check .
 
 typecheck: dev
-	$(BIN)/mypy --strict cowrie_stats tests scripts bench
+	$(BIN)/mypy --strict cowrie_stats tests scripts bench testkit
 
 # The contract only grows: buf breaking compares it with the released one, kept as a buf
 # image (protos/released-contract.json). After a release: make release-contract.

@@ -1,1 +1,1 @@
-"""Benchmark harness for issue 9: ``python -m bench`` (``make bench``); see docs/performance.md."""
+"""Benchmark harness: ``python -m bench`` (``make bench``); see docs/performance.md."""

@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): ingest and query benchmarks on a throwaway PostgreSQL.
 
 Prints a table and writes a JSON report (default ``bench/results/<UTC timestamp>.json``).
-Issue 9 sizes: ``--sessions 1000000`` (about 10M events, the default); a scaled-down run,
+Full size: ``--sessions 1000000`` (about 10M events, the default); a scaled-down run,
 e.g. ``--sessions 50000``, finishes in minutes on 2 cores.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ingest_bench, query_bench
+from testkit.pgcluster import PgCluster
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -44,16 +45,6 @@ TARGET_COLD_RPS = 500
 TARGET_COLD_P99_MS = 250.0
 TARGET_GROWTH = 1.5
 RSS_FLAT_TOLERANCE = 1.15  # large-file peak within 15 % of the small-file peak
-
-
-def pg_cluster_class() -> Any:
-    """``tests/pgcluster.PgCluster`` (the test tooling's throwaway server)."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import pgcluster
-
-    return pgcluster.PgCluster
 
 
 def machine() -> dict[str, Any]:
@@ -100,7 +91,7 @@ def latency_targets(
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each issue 9 target: measured value, limit, met or not."""
+    """Each target: measured value, limit, met or not (docs/performance.md lists them)."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float, limit: float, higher_is_better: bool) -> None:
@@ -328,7 +319,7 @@ def table(report: dict[str, Any]) -> str:
         lines.extend(cache_on_table(query))
         if query.get("sliding"):
             lines.extend(sliding_table(query["sliding"]))
-    lines.append("\nTARGETS (issue 9)")
+    lines.append("\nTARGETS")
     for t in report["targets"]:
         mark = "met" if t["met"] else "NOT met"
         lines.append(f"  {t['target']:<34}{t['value']:>12} (limit {t['limit']})  {mark}")
@@ -356,11 +347,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, cluster: Any | None = None) -> dict[str, Any]:
+def run(args: argparse.Namespace, cluster: PgCluster | None = None) -> dict[str, Any]:
     """Run the selected benchmarks; starts (and tears down) a cluster unless given one."""
     own = cluster is None
     if cluster is None:
-        cluster = pg_cluster_class()(replicas=0, extra_conf=PG_CONF)
+        cluster = PgCluster(replicas=0, extra_conf=PG_CONF)
         cluster.start()
     workdir = Path(tempfile.mkdtemp(prefix="cowrie-bench-", dir=args.workdir))
     started = time.monotonic()
@@ -408,7 +399,7 @@ def write_report(report: dict[str, Any], output: Path | None) -> Path:
     return output
 
 
-def main(argv: Sequence[str] | None = None, cluster: Any | None = None) -> int:
+def main(argv: Sequence[str] | None = None, cluster: PgCluster | None = None) -> int:
     """Run, print the table, write the JSON report; ``cluster``: reuse a started PgCluster."""
     args = parse_args(argv)
     report = run(args, cluster)

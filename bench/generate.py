@@ -1,6 +1,6 @@
 """Deterministic synthetic Cowrie logs shaped like real captures.
 
-Shape (from the captures in ../shared/data and published honeypot studies):
+Shape (from real Cowrie captures and published honeypot studies):
 
 * a handful of sensors with skewed traffic (the busiest gets several times the quietest);
 * source IPs drawn Zipf-like from a pool, so a few attackers come back thousands of times and
@@ -212,7 +212,8 @@ class _Shape:
         }
 
 
-def _iso(ts_us: int) -> str:
+def rfc3339(ts_us: int) -> str:
+    """``ts_us`` (µs since the epoch) as Cowrie writes timestamps: RFC 3339, UTC, microseconds."""
     seconds, micros = divmod(ts_us, US_PER_SECOND)
     moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros:06d}Z"
@@ -237,7 +238,7 @@ def _session(rng: random.Random, shape: _Shape, start_us: int) -> list[tuple[int
 
     def add(eventid: str, message: str, **fields: Any) -> None:
         event = {"eventid": eventid, **fields, "message": message, **base}
-        event["timestamp"] = _iso(now)
+        event["timestamp"] = rfc3339(now)
         out.append((now, event))
 
     def later(low: float, high: float) -> None:

@@ -31,7 +31,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 REPO = Path(__file__).resolve().parent.parent
 STATS_SERVICE = "/cowrie.stats.v1.CowrieStatsService/"
@@ -59,17 +62,39 @@ class LoadResult:
     worker_cpu_seconds: float
 
 
-def _method(name: str) -> tuple[str, Any, Any]:
-    """(path, request class, response class) of a method name."""
-    from grpc_health.v1 import health_pb2
+@dataclass(frozen=True)
+class Rpc:
+    """One method a plan can call: ``Check`` (the health check) or a stats RPC's name."""
 
-    from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+    path: str
+    request_class: Any
+    response_class: Any
 
-    if name == "Check":
-        return HEALTH_CHECK, health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
-    request = getattr(stats_pb2, f"{name}Request")
-    response = getattr(stats_pb2, f"{name}Response")
-    return STATS_SERVICE + name, request, response
+    @classmethod
+    def named(cls, name: str) -> Rpc:
+        from grpc_health.v1 import health_pb2
+
+        from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+
+        if name == "Check":
+            return cls(HEALTH_CHECK, health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse)
+        request = getattr(stats_pb2, f"{name}Request")
+        response = getattr(stats_pb2, f"{name}Response")
+        return cls(STATS_SERVICE + name, request, response)
+
+    def stub(self, channel: grpc.Channel) -> Callable[..., Any]:
+        """The blocking unary call of this method on ``channel``."""
+        return channel.unary_unary(
+            self.path,
+            request_serializer=self.request_class.SerializeToString,
+            response_deserializer=self.response_class.FromString,
+        )
+
+    def request(self, fields: dict[str, Any]) -> Any:
+        """The request message of ``fields`` (protobuf JSON, as in a plan)."""
+        from google.protobuf import json_format
+
+        return json_format.ParseDict(fields, self.request_class())
 
 
 def _slid(request: Any, shift_us: int) -> Any:
@@ -97,7 +122,6 @@ class _Client:
 
     def __init__(self, target: str, plan: dict[str, Any]) -> None:
         import grpc
-        from google.protobuf import json_format
 
         # A local subchannel pool gives every client its own connection.
         self.channel = grpc.insecure_channel(
@@ -109,15 +133,11 @@ class _Client:
         for scenario in plan["scenarios"]:
             prepared = []
             for call in scenario["calls"]:
-                path, request_cls, response_cls = _method(call["method"])
-                if path not in callables:
-                    callables[path] = self.channel.unary_unary(
-                        path,
-                        request_serializer=request_cls.SerializeToString,
-                        response_deserializer=response_cls.FromString,
-                    )
-                request = json_format.ParseDict(call["request"], request_cls())
-                prepared.append((callables[path], request, int(call.get("slide_us", 0))))
+                rpc = Rpc.named(call["method"])
+                if rpc.path not in callables:
+                    callables[rpc.path] = rpc.stub(self.channel)
+                request = rpc.request(call["request"])
+                prepared.append((callables[rpc.path], request, int(call.get("slide_us", 0))))
             self.calls.append(prepared)
 
     def warm_up(self) -> None:

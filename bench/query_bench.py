@@ -39,7 +39,7 @@ import psycopg
 
 from bench import generate
 from bench.ingest_bench import REPO, cli_env, fresh_database, migrate, run_ingest
-from bench.loadgen import LoadResult, run_load
+from bench.loadgen import LoadResult, Rpc, run_load
 
 US_PER_HOUR = 3_600_000_000
 WINDOWS: dict[str, int | None] = {
@@ -73,18 +73,14 @@ class Scenario:
         body: dict[str, Any] = {}
         if self.start_us is not None and self.end_us is not None:
             body["time_range"] = {
-                "start_time": _rfc3339(self.start_us),
-                "end_time": _rfc3339(self.end_us),
+                "start_time": generate.rfc3339(self.start_us),
+                "end_time": generate.rfc3339(self.end_us),
             }
         if self.sensor is not None:
             body["sensors"] = [self.sensor]
         if self.method == "GetThreatStats":
             body["top_n"] = 10
         return body
-
-
-def _rfc3339(ts_us: int) -> str:
-    return generate._iso(ts_us)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -241,19 +237,13 @@ def single_calls(
     import grpc
     from google.protobuf import json_format
 
-    from bench.loadgen import _method
-
     out: dict[str, Any] = {}
     unloaded: dict[str, float] = {}
     with grpc.insecure_channel(target) as channel:
         for sc in chosen:
-            path, request_cls, response_cls = _method(sc.method)
-            call = channel.unary_unary(
-                path,
-                request_serializer=request_cls.SerializeToString,
-                response_deserializer=response_cls.FromString,
-            )
-            request = json_format.ParseDict(sc.request(), request_cls())
+            rpc = Rpc.named(sc.method)
+            call = rpc.stub(channel)
+            request = rpc.request(sc.request())
             reply = call(request, timeout=120)
             out[sc.name] = json_format.MessageToDict(reply, preserving_proto_field_name=True)
             times = []

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from bench import generate
 from bench.loadgen import run_load
 from bench.query_bench import (
     RPCS,
@@ -28,7 +29,6 @@ from bench.query_bench import (
     WINDOWS,
     Scenario,
     Server,
-    _rfc3339,
     last_event_and_busiest_sensor,
     load,
     summarise,
@@ -61,7 +61,7 @@ def sliding_scenarios(last_ts_us: int, sensor: str) -> list[Scenario]:
 def _call(sc: Scenario) -> dict[str, Any]:
     request = sc.request()
     if sc.start_us is None and sc.end_us is not None:  # all time up to the moving end
-        request["time_range"] = {"end_time": _rfc3339(sc.end_us)}
+        request["time_range"] = {"end_time": generate.rfc3339(sc.end_us)}
     return {"method": sc.method, "request": request, "slide_us": SLIDE_US}
 
 

@@ -32,6 +32,7 @@ from cowrie_stats import queries, validation
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.db.routing import create_db_engine
 from cowrie_stats.settings import Settings
+from testkit.pgcluster import PgCluster
 
 LIMITS = validation.Limits(max_sensors=1000, max_window_days=3660)
 STATEMENT_LABEL_CHARS = 110
@@ -128,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dsn:
         results = run(args.dsn, select, args.repeat)
     else:
-        from bench.__main__ import PG_CONF, pg_cluster_class
+        from bench.__main__ import PG_CONF
 
         workdir = Path(tempfile.mkdtemp(prefix="cowrie-statements-"))
-        cluster = pg_cluster_class()(replicas=0, extra_conf=PG_CONF)
+        cluster = PgCluster(replicas=0, extra_conf=PG_CONF)
         cluster.start()
         try:
             print(f"loading {args.sessions} sessions", file=sys.stderr)

@@ -7,7 +7,7 @@
 # Idempotent. When no /usr/lib/postgresql/*/bin/initdb exists it installs the distribution's
 # server package with apt (Debian 12 -> PostgreSQL 15) without letting the package create or
 # leave running the default "main" cluster: the test suite starts its own throwaway clusters
-# (tests/pgcluster.py) on free loopback ports. Also ensures the `postgres` OS user exists,
+# (testkit/pgcluster.py) on free loopback ports. Also ensures the `postgres` OS user exists,
 # because server binaries are run as that user when the tests run as root.
 #
 # Honours COWRIE_STATS_PG_BIN (a directory containing initdb) as an override.

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pgcluster import PgCluster, find_bin_dir
 from sqlalchemy import Engine, create_engine, text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2_grpc
@@ -22,6 +21,7 @@ from cowrie_stats.ingest.reader import Ingester, IngestSummary
 from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
 from cowrie_stats.settings import Settings
+from testkit.pgcluster import PgCluster, find_bin_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

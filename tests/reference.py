@@ -1,7 +1,7 @@
 """A deliberately simple second implementation of the statistics, for cross-checks.
 
-Plain Python over raw Cowrie JSON lines, written from shared/COUNTING.md and the
-issue texts without reusing the service's parser, SQL or rollups.
+Plain Python over raw Cowrie JSON lines, written from the counting rules and field
+definitions of docs/api.md without reusing the service's parser, SQL or rollups.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ import pytest
 from conftest import Database, StartServer, private_cluster
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from pgcluster import PgCluster, StopMode
 from test_routing import pair_settings
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
@@ -46,6 +45,7 @@ from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import SENSORS, START, write_sample
 from cowrie_stats.servicer import DATA_LAG_HEADER
 from cowrie_stats.settings import Settings
+from testkit.pgcluster import PgCluster, StopMode
 
 pytestmark = pytest.mark.postgres
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Run
-from pgcluster import READER_USER, PgCluster
 from test_docs import clean_env, run_bash, shell_block
 
 from cowrie_stats.auth import match_key, parse_keys
 from cowrie_stats.cli import build_parser, main
 from cowrie_stats.settings import database_location
+from testkit.pgcluster import READER_USER, PgCluster
 
 DOCUMENTED = set(re.findall(r"COWRIE_STATS_[A-Z_]+", (REPO / ".env.example").read_text()))
 OWN_HELP = (

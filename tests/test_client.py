@@ -24,7 +24,6 @@ from conftest import REPO, Database, StartServer
 from demo_server import Demo, demo_server, tls_settings
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2_grpc
-from pgcluster import PgCluster
 from sqlalchemy import create_engine, text
 
 from cowrie_stats import api, client
@@ -44,6 +43,7 @@ from cowrie_stats.client import (
     StatsError,
 )
 from cowrie_stats.settings import SettingsError
+from testkit.pgcluster import PgCluster
 
 KEY = "client-test-key-0123456789abcdef"
 DAY = datetime(2026, 11, 20, tzinfo=UTC)

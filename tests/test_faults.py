@@ -21,7 +21,6 @@ import pytest
 from conftest import make_database, private_cluster
 from google.protobuf.message import Message
 from loadtools import run_load
-from pgcluster import PgCluster
 from sqlalchemy import text
 from test_chaos import ask, same_answer, time_range
 from test_ingest import snapshot
@@ -34,6 +33,7 @@ from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
 from cowrie_stats.settings import Settings
+from testkit.pgcluster import PgCluster
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parent.parent

@@ -496,7 +496,7 @@ def test_gzip_on_stdin_is_recognised(db: Database, tmp_path: Path) -> None:
 
 
 def test_a_role_that_may_not_write_gets_one_line(pg_db: Database, tmp_path: Path) -> None:
-    from pgcluster import READER_USER
+    from testkit.pgcluster import READER_USER
 
     cluster = pg_db.url.rsplit("@", 1)[1]
     log = write_log(tmp_path / "cowrie.json", [event("ro", 1)])

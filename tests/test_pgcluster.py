@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from conftest import require_postgres
-from pgcluster import APP_USER, DATABASE, READER_USER, PgCluster, PgClusterError
+
+from testkit.pgcluster import APP_USER, DATABASE, READER_USER, PgCluster, PgClusterError
 
 pytestmark = pytest.mark.postgres
 

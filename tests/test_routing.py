@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 import pytest
 from conftest import access_lines, private_cluster
-from pgcluster import PgCluster
 from sqlalchemy import Connection, text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
@@ -33,6 +32,7 @@ from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
 from cowrie_stats.servicer import DATA_LAG_HEADER
 from cowrie_stats.settings import Settings
+from testkit.pgcluster import PgCluster
 
 pytestmark = pytest.mark.postgres
 ROUTING_LOGGER = "cowrie_stats.db.routing"

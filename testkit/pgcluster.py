@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL primary + real streaming replica(s) for the test suite.
+"""Throwaway PostgreSQL primary + real streaming replica(s) for the tests and the benchmark.
 
 ``PgCluster`` builds, in a private temporary directory, a primary (``initdb``) and one or more
 physical streaming replicas (``pg_basebackup -R -X stream`` with a replication slot), each
