@@ -38,7 +38,7 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     # Serving threads. On 2 cores, 4 answered cached calls 12-17 % faster than 16 with a
     # lower p99 (fewer threads contend for the GIL) and cold calls as fast (PostgreSQL's
-    # cores are busy with 4 queries already). docs/performance.md, session 5.
+    # cores are busy with 4 queries already). docs/performance.md, "Four serving threads".
     max_workers: int = 4
     max_concurrent_rpcs: int = 64
     max_message_bytes: int = 1024 * 1024

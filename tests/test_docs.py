@@ -7,6 +7,8 @@
 * The snippets that can run here are run for real: the API key pipeline, the ``.env``
   set-up and its mode check, and the Python client example of docs/api.md against a
   real server.
+* No file of the repository, by name or text, carries a development-history label (a
+  numbered work session or issue): history belongs to git, the repository to the product.
 """
 
 from __future__ import annotations
@@ -318,3 +320,88 @@ def test_python_client_example_runs_against_a_server(
     assert printed[0].startswith("sessions ")
     assert len(printed) == 5, printed
     assert printed[-1] == "NOT_FOUND SENSOR_NOT_FOUND {'sensors': 'no-such-sensor'}"
+
+
+# -- the repository speaks of the product, not of its development history ------------
+
+# The word "session" or "issue" followed by a work item's number. The product's own
+# sessions are never numbered like that in prose; a number with a unit after it (a session
+# of so many seconds) is a measurement, and "--sessions 100000" is plural.
+UNITS = r"(?:(?:s|ms|µs|min|h|hours?|days?|events?)\b|%|\u00d7)"
+HISTORY_LABEL = re.compile(
+    rf"\b(?:session|issue)[ \t]+#?\d+\b(?![ \t]*{UNITS})|\bissue[ \t]*#\d+", re.IGNORECASE
+)
+# In a path: "...-session6.json", "issue9/", "session_3.md".
+HISTORY_NAME = re.compile(r"(?:session|issue)[-_ ]?\d+", re.IGNORECASE)
+SKIPPED_DIRS = {"__pycache__", "node_modules", "var", "build", "dist", "results"}
+
+
+def repository_files() -> list[Path]:
+    """Every file git would commit (tracked or new, not ignored); a walk without git."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        names = [name for name in listed.stdout.decode().split("\0") if name]
+        return [REPO / name for name in names if (REPO / name).is_file()]
+    return [
+        path
+        for path in REPO.rglob("*")
+        if path.is_file()
+        and not any(
+            part.startswith(".") or part in SKIPPED_DIRS or part.endswith(".egg-info")
+            for part in path.relative_to(REPO).parts[:-1]
+        )
+    ]
+
+
+def history_labels(path: Path) -> list[str]:
+    """``relative path: what`` for each history label in the path or its text."""
+    where = doc_id(path)
+    found = [f"{where}: name" for _ in HISTORY_NAME.finditer(where)]
+    data = path.read_bytes()
+    if b"\0" in data:  # binary
+        return found
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        found += [f"{where}:{number}: {m.group(0)!r}" for m in HISTORY_LABEL.finditer(line)]
+    return found
+
+
+def labelled(word: str, rest: str) -> str:
+    """A history label built at run time, so that this file does not contain one."""
+    return word + rest
+
+
+def test_history_patterns_match_labels_and_not_the_product() -> None:
+    for label in (
+        labelled("session", " 5: 1M sessions"),
+        labelled("Session", " 3 saw no effect"),
+        labelled("Issue", " 9 asks for speed claims"),
+        labelled("TARGETS (issue", " 9)"),
+        labelled("see issue", " #12"),
+        labelled("issue", "#4"),
+    ):
+        assert HISTORY_LABEL.search(label), label
+    for product in (
+        "--sessions 1000000",
+        "sessions 1 to 9",
+        "a session 3 s long",
+        "each session 10 events",
+        "GetSessionStats",
+        "session_id 42",
+        "the session's 2nd login",
+        "one session 40 % of the time",
+    ):
+        assert not HISTORY_LABEL.search(product), product
+    assert HISTORY_NAME.search(labelled("docs/benchmarks/query-1m-sessions-session", "6.json"))
+    assert not HISTORY_NAME.search("docs/benchmarks/2026-11-26-query-1m-sessions-hash-keys.json")
+
+
+def test_no_development_history_labels_in_the_repository() -> None:
+    files = repository_files()
+    assert REPO / "docs" / "performance.md" in files
+    found = [label for path in files for label in history_labels(path)]
+    assert not found, "history labels (history belongs to git):\n" + "\n".join(found)

@@ -291,7 +291,7 @@ spec:
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_an_extra_flow_is_detected(mutation: str, tmp_path: Path) -> None:
-    """Negative control: the analysis is sensitive to the flows the issue forbids."""
+    """Negative control: the analysis is sensitive to the flows the policies forbid."""
     policy, expected_extra = MUTATIONS[mutation]
     flows, _, _ = connectivity(_mutated_policies(tmp_path, policy), tmp_path)
     assert flows != INTENDED

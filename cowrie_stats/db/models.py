@@ -104,7 +104,7 @@ def _time_ordered_key(table: str, digest: str) -> PrimaryKeyConstraint:
     unique exactly when the hash is. Logs arrive roughly in time order, so new
     keys land at the right edge of the index instead of on random pages: once
     the index outgrows shared buffers, random keys cost PostgreSQL about twice
-    the time per row (docs/performance.md, session 6).
+    the time per row (docs/performance.md, "Time-ordered keys").
     """
     return PrimaryKeyConstraint("ts_us", digest, name=f"pk_{table}")
 

@@ -5,7 +5,7 @@ unique exactly when the hash is, and every lookup by hash knows the event's
 time. Logs arrive roughly in time order: new keys now land at the right edge of
 the index instead of on random pages. Once the index outgrows shared buffers,
 random 16-byte keys cost PostgreSQL about twice the time per inserted row
-(docs/performance.md, session 6).
+(docs/performance.md, "Time-ordered keys").
 
 Revision ID: 0006
 Revises: 0005
