@@ -106,7 +106,7 @@ def fresh_database(admin_url: str, app_url: str, prefix: str) -> tuple[str, str]
 
 
 def migrate(url: str) -> None:
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.db.schema import upgrade
     from cowrie_stats.settings import Settings
 

@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, event
 from bench import query_bench
 from cowrie_stats import queries, validation
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.settings import Settings
 from testkit.pgcluster import PgCluster
 

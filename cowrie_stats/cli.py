@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.db.schema import current_revision, upgrade
 
     engine = create_db_engine(settings.database_url, settings, writer=True)
@@ -97,7 +97,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ingest_passes(args: argparse.Namespace, settings: Settings) -> int:
     """One pass, or one per ``--watch`` interval until SIGTERM; the last pass's exit status."""
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.db.schema import check_schema
     from cowrie_stats.ingest.options import NO_LOG_FILES
     from cowrie_stats.ingest.source import discover_sources

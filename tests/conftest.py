@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2_grpc
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.db.schema import upgrade
 from cowrie_stats.ingest.reader import Ingester, IngestSummary
 from cowrie_stats.sample import write_sample

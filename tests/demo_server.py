@@ -11,7 +11,7 @@ from typing import Any
 
 from certs import Pki
 
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.db.schema import upgrade
 from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import write_sample

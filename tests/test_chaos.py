@@ -40,7 +40,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from test_routing import pair_settings
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import SENSORS, START, write_sample
 from cowrie_stats.servicer import DATA_LAG_HEADER

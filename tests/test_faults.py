@@ -27,7 +27,7 @@ from test_ingest import snapshot
 from test_routing import pair_settings
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.db.schema import upgrade
 from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import write_sample

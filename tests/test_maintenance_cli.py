@@ -15,7 +15,7 @@ import pytest
 from conftest import Database, Run
 from sqlalchemy import Engine, text
 
-from cowrie_stats.db.routing import create_db_engine
+from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.db.schema import upgrade
 from cowrie_stats.settings import Settings
 

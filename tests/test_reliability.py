@@ -70,7 +70,7 @@ def test_oversized_request_is_refused(sqlite_db: Database, start_server: StartSe
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.db.schema import upgrade
     from cowrie_stats.ingest.reader import Ingester
     from cowrie_stats.server import StatsServer

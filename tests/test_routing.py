@@ -25,7 +25,8 @@ from sqlalchemy import Connection, text
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.endpoints import RECHECK_MAX_SECONDS
-from cowrie_stats.db.routing import Router, create_db_engine
+from cowrie_stats.db.engines import create_db_engine
+from cowrie_stats.db.routing import Router
 from cowrie_stats.errors import UnavailableError
 from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import write_sample

@@ -42,7 +42,7 @@ def test_migrations_give_every_table_the_models_primary_key(db: Database) -> Non
 def test_migrate_with_a_password_full_of_special_characters(pg_cluster: object) -> None:
     from sqlalchemy.engine import make_url
 
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.settings import Settings
     from testkit.pgcluster import PgCluster
 

@@ -51,7 +51,7 @@ from cowrie_stats.db.engines import (
 from cowrie_stats.errors import DeadlineExceededError, UnavailableError, classify
 from cowrie_stats.settings import Settings, redact_url
 
-__all__ = ["Answer", "Endpoint", "Router", "create_db_engine"]
+__all__ = ["Answer", "Endpoint", "Router"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

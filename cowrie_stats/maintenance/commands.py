@@ -58,7 +58,7 @@ def _at(ts_us: int) -> str:
 
 
 def _writer_engine(settings: Settings) -> Engine:
-    from cowrie_stats.db.routing import create_db_engine
+    from cowrie_stats.db.engines import create_db_engine
     from cowrie_stats.db.schema import check_schema
 
     engine = create_db_engine(settings.database_url, settings, writer=True)

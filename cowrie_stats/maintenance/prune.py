@@ -183,7 +183,7 @@ def _days(conn: Connection, selection: Selection, sensor_id: int | None) -> Iter
 def prune(engine: Engine, selection: Selection) -> PruneReport:
     """Delete what ``selection`` names, a day per transaction, oldest first.
 
-    ``engine`` must be a writer engine (cowrie_stats.db.routing.create_db_engine).
+    ``engine`` must be a writer engine (cowrie_stats.db.engines.create_db_engine).
     """
     total = PruneReport()
     with engine.connect() as conn:
