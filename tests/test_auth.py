@@ -35,6 +35,7 @@ def _keys_file(path: Path, entries: Sequence[tuple[str, str]]) -> Path:
     lines += [key_line(name, key) for name, key in entries]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.chmod(0o600)
     os.replace(tmp, path)  # atomic, as an operator (or a Kubernetes secret) would
     return path
 
@@ -131,6 +132,7 @@ def test_a_malformed_keys_file_stops_the_server_from_starting(
 ) -> None:
     bad = tmp_path / "bad-keys"
     bad.write_text(f"grafana {hash_key(GRAFANA_KEY)}\n", encoding="utf-8")
+    bad.chmod(0o600)
     with pytest.raises(SettingsError, match="line 1"):
         StatsServer(sqlite_db.settings(api_keys_file=str(bad)))
 
