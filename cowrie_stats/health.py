@@ -168,10 +168,10 @@ class HealthServicer:
         context: grpc.ServicerContext,
         send_response_callback: Callable[[Any], None],
     ) -> None:
-        """Registers the watcher and sends the current status; returns at once.
+        """Registers the watcher and has the current status sent; returns at once.
 
         Non-blocking (grpc passes ``send_response_callback``): the stream holds no
-        thread while it is open.
+        thread of grpc's pool while it is open.
         """
         service = request.service
         watcher = _Watcher(send_response_callback, context, self._watchdog)
@@ -189,7 +189,7 @@ class HealthServicer:
         if not context.add_callback(lambda: self._forget(service, watcher)):
             self._forget(service, watcher)  # the call ended already
             return
-        watcher.deliver()
+        self._start([watcher])  # a peer that reads nothing holds that thread, not this one
 
     def _forget(self, service: str, watcher: _Watcher) -> None:
         watcher.close()

@@ -42,8 +42,7 @@ from cowrie_stats.validation import Limits
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
-#: The probe listener answers health only: a few threads, a few calls at once.
-PROBE_THREADS = 2
+#: Calls the probe listener takes at once besides its watchers (it answers health only).
 PROBE_CALLS_BEYOND_WATCHERS = 8
 
 
@@ -136,11 +135,14 @@ class StatsServer:
 
     def _probe_server(self) -> grpc.Server:
         """Health only, no API keys, plaintext: what kubelet and container probes can call."""
+        calls = self.settings.max_health_watchers + PROBE_CALLS_BEYOND_WATCHERS
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="probe"),
+            # A thread per call that may be open, as on the main port: waiting for a
+            # silent client never makes a probe wait for a thread.
+            futures.ThreadPoolExecutor(max_workers=calls, thread_name_prefix="probe"),
             interceptors=[CallGuard(self.watchdog)],
             options=server_options(self.settings),
-            maximum_concurrent_rpcs=self.settings.max_health_watchers + PROBE_CALLS_BEYOND_WATCHERS,
+            maximum_concurrent_rpcs=calls,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
