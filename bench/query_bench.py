@@ -167,7 +167,11 @@ class Server:
         """``settings``: COWRIE_STATS_* variables (without the prefix) beyond the defaults."""
         self.port = _free_port()
         self.log_path = workdir / f"server-{name}.log"
-        extra = {"COWRIE_STATS_GRPC_HOST": "127.0.0.1", "COWRIE_STATS_GRPC_PORT": str(self.port)}
+        extra = {
+            "COWRIE_STATS_GRPC_HOST": "127.0.0.1",
+            "COWRIE_STATS_GRPC_PORT": str(self.port),
+            "COWRIE_STATS_PROBE_PORT": "0",
+        }
         extra |= {f"COWRIE_STATS_{key}": value for key, value in settings.items()}
         env = cli_env(url, **extra)
         self._log = self.log_path.open("wb")

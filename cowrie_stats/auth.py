@@ -11,20 +11,29 @@ valid at once, which is how keys are rotated: add the new key, move the
 clients over, remove the old line. The file is re-read when it changes (its
 modification time, size or inode), so rotation needs no restart; a changed
 file that does not parse is refused with an error in the log and the keys
-loaded before stay in force.
+loaded before stay in force. Revocation fails closed: while the file is
+missing, unreadable or holds no key, no key is valid (logged once per change).
+The file must not be readable by others, nor by a group other than the
+server's own (Kubernetes secret volumes with ``fsGroup`` are group-readable):
+such a file is refused at start.
+
+Refusals are decided from the call's metadata alone, so a caller without a
+valid key never gets a thread to wait for its request message
+(:func:`cowrie_stats.guard.refuse_from_metadata`), and they are logged
+rate-limited (:data:`cowrie_stats.guard.REFUSALS`).
 
 The name of the key (never the key or its hash) is recorded for the access log.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import hmac
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from cowrie_stats.errors import UnauthenticatedError, to_status
+from cowrie_stats.guard import REFUSALS, refuse_from_metadata
 from cowrie_stats.settings import SettingsError
 
 if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
@@ -96,7 +106,9 @@ class ApiKey:
     digest: bytes  # raw 32-byte SHA-256
 
 
-def parse_keys(text: str, source: str = KEYS_FILE_VARIABLE) -> tuple[ApiKey, ...]:
+def parse_keys(
+    text: str, source: str = KEYS_FILE_VARIABLE, allow_empty: bool = False
+) -> tuple[ApiKey, ...]:
     """Parse a keys file; SettingsError naming the line on any malformed entry.
 
     Messages never quote a line: a raw key pasted by mistake must not reach a log.
@@ -128,7 +140,7 @@ def parse_keys(text: str, source: str = KEYS_FILE_VARIABLE) -> tuple[ApiKey, ...
             raise SettingsError(f"{source}: line {number}: the same key hash appears twice")
         seen.add(raw)
         keys.append(ApiKey(name, raw))
-    if not keys:
+    if not keys and not allow_empty:
         raise SettingsError(f"{source}: the file holds no key, so every call would be refused")
     return tuple(keys)
 
@@ -144,50 +156,85 @@ def match_key(presented: str, keys: Sequence[ApiKey]) -> str | None:
     return found
 
 
+Stamp = tuple[int, int, int, int]
+
+
+def check_private(path: Path) -> None:
+    """SettingsError unless only the owner (at most also the server's own group) reads ``path``."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise SettingsError(f"{KEYS_FILE_VARIABLE}: cannot read {path}: {exc.strerror}") from exc
+    mode = stat.S_IMODE(info.st_mode)
+    own_group_reads = info.st_gid == os.getegid() and not mode & stat.S_IWGRP
+    if mode & stat.S_IRWXO or (mode & stat.S_IRWXG and not own_group_reads):
+        raise SettingsError(
+            f"{KEYS_FILE_VARIABLE}: {path} is readable by group or others (mode {mode:o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
 class KeyStore:
     """The keys of a keys file, re-read when the file changes."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp, self._keys = self._read()
-
-    def _stamp_now(self) -> tuple[int, int, int, int]:
-        info = self.path.stat()
-        return (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
-
-    def _read(self) -> tuple[tuple[int, int, int, int], tuple[ApiKey, ...]]:
+        check_private(self.path)
+        self._stamp = self._stamp_now()
         try:
-            stamp = self._stamp_now()
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise SettingsError(f"{KEYS_FILE_VARIABLE}: cannot read {self.path}: {reason}") from exc
-        return stamp, parse_keys(text)
+            raise SettingsError(f"{KEYS_FILE_VARIABLE}: {self._unreadable(exc)}") from exc
+        self._keys = parse_keys(text)  # at start, a file without keys is a mistake
+        self._problem: str | None = None
+
+    def _stamp_now(self) -> Stamp | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
+
+    def _unreadable(self, exc: OSError | UnicodeDecodeError) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return f"cannot read {self.path}: {reason}"
 
     @property
     def keys(self) -> tuple[ApiKey, ...]:
         """Current keys, reloading the file first if it changed."""
-        try:
-            changed = self._stamp_now() != self._stamp
-        except OSError:
-            changed = False  # replaced non-atomically; keep the keys we have
-        if changed:
+        if self._stamp_now() != self._stamp:
             with self._lock:
-                try:
-                    stamp = self._stamp_now()
-                    if stamp != self._stamp:
-                        self._stamp, self._keys = self._read()
-                        log.info(
-                            "API keys reloaded",
-                            extra={"keys": len(self._keys), "names": self.names},
-                        )
-                except (OSError, SettingsError) as error:
-                    # Keep serving with the keys that were valid; say so once per change.
-                    with contextlib.suppress(OSError):
-                        self._stamp = self._stamp_now()
-                    log.error("API keys file not reloaded, previous keys stay in force: %s", error)
+                if self._stamp_now() != self._stamp:
+                    self._reload()
         return self._keys
+
+    def _reload(self) -> None:
+        """Read the changed file (lock held): fail closed unless it is merely malformed."""
+        self._stamp = self._stamp_now()
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            keys = parse_keys(text, allow_empty=True)
+        except OSError as exc:  # missing or unreadable: revocation must not be undone
+            self._revoke_all(self._unreadable(exc))
+            return
+        except (SettingsError, UnicodeDecodeError) as error:
+            # A typo in an edit: keep serving with the keys that were valid; say so once.
+            if isinstance(error, UnicodeDecodeError):
+                error = SettingsError(f"{KEYS_FILE_VARIABLE}: {self._unreadable(error)}")
+            log.error("API keys file not reloaded, previous keys stay in force: %s", error)
+            return
+        if not keys:
+            self._revoke_all(f"{self.path} holds no key")
+            return
+        self._keys, self._problem = keys, None
+        log.info("API keys reloaded", extra={"keys": len(keys), "names": self.names})
+
+    def _revoke_all(self, problem: str) -> None:
+        self._keys = ()
+        if problem != self._problem:
+            log.error("no API key is valid: %s: %s", KEYS_FILE_VARIABLE, problem)
+        self._problem = problem
 
     @property
     def names(self) -> list[str]:
@@ -214,9 +261,15 @@ def presented_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
     return bearer if bearer is not None else api_key
 
 
-def _aborting_handler(error: UnauthenticatedError, like: Handler | None) -> Handler:
-    """A handler of the same kind as ``like`` that fails every call with ``error``."""
+def _aborting_handler(error: UnauthenticatedError, like: Handler | None, method: str) -> Handler:
+    """A handler of the same kind as ``like`` that fails every call with ``error``.
+
+    It never reads the request, and says so to the call guard, which then refuses
+    the call without waiting for the message.
+    """
     status = to_status(error)
+    REFUSALS.refused(error.reason, method)
+    refuse_from_metadata()
 
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         CALLER.set(None)
@@ -254,12 +307,12 @@ class ApiKeyInterceptor(Interceptor):
                     "or 'x-api-key: <key>'"
                 ),
                 continuation(handler_call_details),
+                method,
             )
         name = self.store.authenticate(presented)
         if name is None:
-            log.warning("refused an invalid API key", extra={"method": method})
             return _aborting_handler(
-                InvalidApiKeyError("invalid API key"), continuation(handler_call_details)
+                InvalidApiKeyError("invalid API key"), continuation(handler_call_details), method
             )
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,9 +179,21 @@ def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
-    from cowrie_stats.client import NotFoundError, ServerUnreachableError, StatsClient, StatsError
+    from cowrie_stats.client import (
+        ClientSettings,
+        NotFoundError,
+        ServerUnreachableError,
+        StatsClient,
+        StatsError,
+    )
 
     client_settings = query.client_settings(args, _environment())
+    if args.probe and settings.probe_port:
+        # The probe listener: plaintext, health only, no key (nothing to send it).
+        client_settings = replace(
+            ClientSettings(timeout=client_settings.timeout),
+            target=f"localhost:{settings.probe_port}",
+        )
     with StatsClient.from_settings(client_settings) as client:
         try:
             status = client.check_health(args.service, timeout=args.timeout)
@@ -292,7 +305,10 @@ def _add_migrate(sub: Subcommands) -> None:
 
 
 def _add_healthcheck(sub: Subcommands) -> None:
-    port = "  COWRIE_STATS_GRPC_PORT                   port of the default address"
+    port = (
+        "  COWRIE_STATS_GRPC_PORT                   port of the default address\n"
+        "  COWRIE_STATS_PROBE_PORT                  port --probe asks (0: the default address)"
+    )
     check = usage.subcommand(
         sub,
         "healthcheck",
@@ -312,6 +328,12 @@ def _add_healthcheck(sub: Subcommands) -> None:
         "--service",
         default=SERVICE_NAME,
         help=f"service to ask about (default {SERVICE_NAME}; '' = the server)",
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="ask the health-only probe listener on localhost:$COWRIE_STATS_PROBE_PORT "
+        "(plaintext, no key; when that is 0, the address above)",
     )
     check.set_defaults(func=cmd_healthcheck)
 

@@ -3,6 +3,10 @@
 Synchronous ``grpc.server`` with a thread pool: the work per call is a few
 short SQL queries that release the GIL while waiting on the database, and on
 2 cores the thread pool measured faster than grpc.aio for this workload.
+Waiting for a client (its request, its reading of a stream) happens on grpc's
+pool, sized to the concurrent-call limit and bounded by the receive timeout;
+at most ``max_workers`` statistics calls do work at once (cowrie_stats.guard).
+A second listener on the probe port serves only health, without API keys.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cowrie_stats import SERVICE_NAME, metrics
@@ -28,6 +32,8 @@ from cowrie_stats.activity import ACTIVITY
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
+from cowrie_stats.guard import REFUSALS, CallGuard, Watchdog
+from cowrie_stats.health import HealthServicer
 from cowrie_stats.interceptors import AccessLog, build_interceptors
 from cowrie_stats.queries import data_version
 from cowrie_stats.servicer import CowrieStatsServicer
@@ -36,10 +42,21 @@ from cowrie_stats.validation import Limits
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
+#: Calls the probe listener takes at once besides its watchers (it answers health only).
+PROBE_CALLS_BEYOND_WATCHERS = 8
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
+        # No connection holds resources for ever: idle ones close, old ones are asked to
+        # go (GOAWAY) and closed after the grace; clients reconnect transparently.
+        ("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle_seconds)),
+        ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace_seconds)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
         # Two servers must never silently share a port.
@@ -72,16 +89,24 @@ class StatsServer:
     def __init__(self, settings: Settings, router: Router | None = None) -> None:
         self.settings = settings
         self.router = router or Router(settings)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.watchdog = Watchdog(settings.receive_timeout_seconds)
+        self.health = HealthServicer(self.watchdog, settings.max_health_watchers)
         self._stopping = threading.Event()
         self._health_thread: threading.Thread | None = None
         self.access_log = AccessLog()
+        guard = CallGuard(
+            self.watchdog, threading.BoundedSemaphore(settings.max_workers), f"/{SERVICE_NAME}/"
+        )
+        # Threads wait here for clients, not for work: one per call that may be open.
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-            interceptors=build_interceptors(settings, self.access_log),
+            futures.ThreadPoolExecutor(
+                max_workers=settings.max_concurrent_rpcs, thread_name_prefix="grpc"
+            ),
+            interceptors=[guard, *build_interceptors(settings, self.access_log)],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        self.probe_server = self._probe_server() if settings.probe_port else None
         limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
         cache = (
             ResultCache(settings.result_cache_entries) if settings.result_cache_entries else None
@@ -105,11 +130,24 @@ class StatsServer:
         )
         reflection.enable_server_reflection(names, self.server)
         self.port = 0
+        self.probe_port = 0
         self.metrics_server: metrics.MetricsServer | None = None
 
-    def start(self) -> int:
-        """Check the schema, bind, start serving; returns the bound port."""
-        check_schema(self.router.primary.engine)
+    def _probe_server(self) -> grpc.Server:
+        """Health only, no API keys, plaintext: what kubelet and container probes can call."""
+        calls = self.settings.max_health_watchers + PROBE_CALLS_BEYOND_WATCHERS
+        server = grpc.server(
+            # A thread per call that may be open, as on the main port: waiting for a
+            # silent client never makes a probe wait for a thread.
+            futures.ThreadPoolExecutor(max_workers=calls, thread_name_prefix="probe"),
+            interceptors=[CallGuard(self.watchdog)],
+            options=server_options(self.settings),
+            maximum_concurrent_rpcs=calls,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
+
+    def _bind(self) -> None:
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         credentials = _credentials(self.settings)
         try:
@@ -119,6 +157,21 @@ class StatsServer:
                 self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as error:  # grpc's way of saying the port is taken
             raise OSError(f"cannot bind {address}: is another server using the port?") from error
+        if self.probe_server is not None:
+            probe = f"{self.settings.grpc_host}:{self.settings.probe_port}"
+            try:
+                self.probe_port = self.probe_server.add_insecure_port(probe)
+            except RuntimeError as error:
+                raise OSError(
+                    f"cannot bind the probe port {probe} (COWRIE_STATS_PROBE_PORT): "
+                    "is another server using it?"
+                ) from error
+
+    def start(self) -> int:
+        """Check the schema, bind, start serving; returns the bound port."""
+        check_schema(self.router.primary.engine)
+        self._bind()
+        REFUSALS.flush(force=True)  # a new server starts a new interval
         self.router.start()
         if self.versions is not None:
             self.versions.start()
@@ -131,11 +184,16 @@ class StatsServer:
             log.info("metrics", extra={"address": f"{host}:{self.metrics_server.port}"})
         self.access_log.start()
         self.server.start()
+        if self.probe_server is not None:
+            self.probe_server.start()
         self._health_thread = threading.Thread(
             target=self._health_loop, name="db-health", daemon=True
         )
         self._health_thread.start()
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         log.info("serving", extra={"address": address, "port": self.port})
+        if self.probe_server is not None:
+            log.info("serving health for probes", extra={"port": self.probe_port})
         return self.port
 
     def update_health(self) -> bool:
@@ -155,6 +213,7 @@ class StatsServer:
     def _health_loop(self) -> None:
         while not self._stopping.wait(HEALTH_CHECK_INTERVAL_SECONDS):
             self.update_health()
+            REFUSALS.flush()
 
     def stop(self, grace: float | None = None) -> None:
         """Flip health to NOT_SERVING, let in-flight calls finish, then stop."""
@@ -164,7 +223,12 @@ class StatsServer:
         self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
-        self.server.stop(grace).wait()
+        # Both listeners drain at once; probes see NOT_SERVING until the end.
+        servers = [self.server] if self.probe_server is None else [self.server, self.probe_server]
+        for stopped in [server.stop(grace) for server in servers]:
+            stopped.wait()
+        self.watchdog.close()
+        REFUSALS.flush(force=True)
         self.access_log.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()

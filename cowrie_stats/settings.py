@@ -71,6 +71,19 @@ class Settings:
     # Days of sessions `cowrie-stats ingest` keeps: after each pass it prunes the
     # sessions that ended before today's UTC midnight minus this; 0 keeps everything.
     retention_days: int = 0
+    # Hostile clients (docs/security/README.md). A call whose request message does not
+    # arrive within this is cancelled; also bounds each streamed message and each health
+    # update a watcher does not read.
+    receive_timeout_seconds: float = 5.0
+    # Health-only listener without API keys, for kubelet and container probes; 0 = off.
+    probe_port: int = 50052
+    # Open grpc.health.v1 Watch streams at once; more are refused (RESOURCE_EXHAUSTED).
+    max_health_watchers: int = 16
+    # Connections: closed after this long without a call, and after this age (then given
+    # the grace to finish their calls), so no connection holds resources for ever.
+    max_connection_idle_seconds: float = 300.0
+    max_connection_age_seconds: float = 1800.0
+    max_connection_age_grace_seconds: float = 30.0
 
     @property
     def primary_url(self) -> URL:
@@ -246,6 +259,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ingest_workers=_int(env, "INGEST_WORKERS", 1, 0, 64),
         ingest_max_line_bytes=_int(env, "INGEST_MAX_LINE_BYTES", 1 << 20, 4096, 256 << 20),
         retention_days=_int(env, "RETENTION_DAYS", 0, 0, 100_000),
+        receive_timeout_seconds=_float(env, "RECEIVE_TIMEOUT_SECONDS", 5.0, 0.05),
+        probe_port=_int(env, "PROBE_PORT", 50052, 0, 65535),
+        max_health_watchers=_int(env, "MAX_HEALTH_WATCHERS", 16, 1, 10_000),
+        max_connection_idle_seconds=_float(env, "MAX_CONNECTION_IDLE_SECONDS", 300.0, 1.0),
+        max_connection_age_seconds=_float(env, "MAX_CONNECTION_AGE_SECONDS", 1800.0, 1.0),
+        max_connection_age_grace_seconds=_float(env, "MAX_CONNECTION_AGE_GRACE_SECONDS", 30.0, 0.0),
     )
 
 

@@ -24,6 +24,9 @@ from cowrie_stats.settings import Settings
 from testkit.pgcluster import PgCluster, find_bin_dir
 
 REPO = Path(__file__).resolve().parent.parent
+# Servers that tests start as processes inherit this: the probe listener's fixed default
+# port would collide between runs side by side (tests that need it choose a free port).
+os.environ.setdefault("COWRIE_STATS_PROBE_PORT", "0")
 SHARED_DATA = REPO.parent / "shared" / "data"
 CAPTURES = ("cowrie_2026-04-03.json", "cowrie.json.6.gz", "cowrie.json.2024-04-03")
 
@@ -87,6 +90,7 @@ class Database:
             replica_urls=(self.replica_url,) if self.replica_url else (),
             grpc_host="127.0.0.1",
             grpc_port=0,
+            probe_port=0,  # a fixed port would collide between tests run side by side
             replica_check_interval_seconds=0.2,
             shutdown_grace_seconds=5.0,
         )
@@ -164,6 +168,7 @@ def in_process(
     monkeypatch.chdir(tmp_path)
     for name in [k for k in os.environ if k.startswith("COWRIE_STATS_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setenv("COWRIE_STATS_PROBE_PORT", "0")  # no fixed port between parallel runs
     monkeypatch.setattr("cowrie_stats.cli._configure_logging", lambda _settings: None)
 
     def run(*argv: str, **env: str) -> tuple[int, str, str]:

@@ -63,7 +63,11 @@ def demo_server(
         write_sample(logs[0])
     url = migrated_sqlite(directory, logs)
     settings = Settings(
-        database_url=url, grpc_host="127.0.0.1", grpc_port=0, shutdown_grace_seconds=0
+        database_url=url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        probe_port=0,
+        shutdown_grace_seconds=0,
     )
     server = StatsServer(replace(settings, **overrides))
     server.start()

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -35,6 +36,7 @@ def _keys_file(path: Path, entries: Sequence[tuple[str, str]]) -> Path:
     lines += [key_line(name, key) for name, key in entries]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.chmod(0o600)
     os.replace(tmp, path)  # atomic, as an operator (or a Kubernetes secret) would
     return path
 
@@ -131,6 +133,7 @@ def test_a_malformed_keys_file_stops_the_server_from_starting(
 ) -> None:
     bad = tmp_path / "bad-keys"
     bad.write_text(f"grafana {hash_key(GRAFANA_KEY)}\n", encoding="utf-8")
+    bad.chmod(0o600)
     with pytest.raises(SettingsError, match="line 1"):
         StatsServer(sqlite_db.settings(api_keys_file=str(bad)))
 
@@ -319,3 +322,74 @@ def test_hash_key_refuses_short_keys_and_bad_names(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert complaint in captured.err
+
+
+# -- revocation fails closed; the keys file stays private -----------------------------------
+
+
+def test_keys_file_deleted_or_emptied_revokes_every_key(
+    sqlite_db: Database,
+    start_server: StartServer,
+    keys_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    running = start_server(sqlite_db.settings(api_keys_file=str(keys_path)))
+    key = [("x-api-key", CRON_KEY)]
+    assert _call(running, key).total_sensors == 0
+    caplog.set_level(logging.INFO, logger="cowrie_stats.auth")
+
+    def revocations() -> int:
+        return sum("no API key is valid" in r.getMessage() for r in caplog.records)
+
+    keys_path.unlink()
+    for _ in range(3):
+        assert _refusal(running, key) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")
+    assert revocations() == 1  # once per change, not per call
+    assert "No such file" in caplog.text
+
+    _keys_file(keys_path, [("cron", CRON_KEY)])
+    assert _call(running, key).total_sensors == 0
+    assert "API keys reloaded" in caplog.text
+
+    _keys_file(keys_path, [])  # comments only: no key line
+    for _ in range(3):
+        assert _refusal(running, key)[1] == "API_KEY_INVALID"
+    assert revocations() == 2
+    assert "holds no key" in caplog.text
+
+
+def test_keys_file_readable_by_others_is_refused(
+    sqlite_db: Database, keys_path: Path, in_process: Any
+) -> None:
+    keys_path.chmod(0o644)
+    with pytest.raises(
+        SettingsError, match=r"readable by group or others \(mode 644\); run: chmod"
+    ):
+        StatsServer(sqlite_db.settings(api_keys_file=str(keys_path)))
+    status, out, err = in_process(
+        "serve",
+        COWRIE_STATS_DATABASE_URL=sqlite_db.url,
+        COWRIE_STATS_GRPC_PORT="0",
+        COWRIE_STATS_API_KEYS_FILE=str(keys_path),
+    )
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and f"chmod 600 {keys_path}" in err
+    keys_path.chmod(0o640)  # group read is fine for the server's own group (fsGroup)
+    if os.stat(keys_path).st_gid == os.getegid():
+        StatsServer(sqlite_db.settings(api_keys_file=str(keys_path))).router.close()
+    keys_path.chmod(0o660)  # but not group write
+    with pytest.raises(SettingsError, match="mode 660"):
+        StatsServer(sqlite_db.settings(api_keys_file=str(keys_path)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's group needs root")
+def test_keys_file_readable_by_a_foreign_group_is_refused(
+    sqlite_db: Database, keys_path: Path
+) -> None:
+    os.chown(keys_path, -1, os.getegid() + 4242)
+    keys_path.chmod(0o640)
+    with pytest.raises(SettingsError, match="mode 640"):
+        StatsServer(sqlite_db.settings(api_keys_file=str(keys_path)))
+    os.remove(keys_path)
+    with pytest.raises(SettingsError, match="cannot read"):
+        StatsServer(sqlite_db.settings(api_keys_file=str(keys_path)))

@@ -35,6 +35,7 @@ OWNER_ROLE = "cowrie_stats"
 READER_ROLE = "cowrie_stats_reader"
 DB_SECRET = "cowrie-stats-db"
 METRICS_PORT = 9464
+PROBE_PORT = 50052
 
 
 def kustomization_dirs() -> list[Path]:
@@ -241,6 +242,7 @@ def test_api_deployment(objects: list[dict[str, Any]]) -> None:
     assert container["ports"] == [
         {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
         {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        {"name": "probe", "containerPort": PROBE_PORT, "protocol": "TCP"},
     ]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["COWRIE_STATS_METRICS_PORT"] == str(METRICS_PORT)
@@ -252,7 +254,7 @@ def test_api_deployment(objects: list[dict[str, Any]]) -> None:
     }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = container[probe]["grpc"]
-        assert grpc["port"] == GRPC_PORT, probe
+        assert grpc["port"] == PROBE_PORT, probe  # health without a key
         assert grpc.get("service", "") in {"", "cowrie.stats.v1.CowrieStatsService"}
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert spec["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS + pre_stop

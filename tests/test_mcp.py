@@ -433,6 +433,7 @@ def test_stdio_subprocess_initializes_and_answers(demo: Demo) -> None:
 def test_api_key_protected_server(demo: Demo, tmp_path: Path) -> None:
     keys = tmp_path / "api-keys"
     keys.write_text(key_line("mcp", KEY) + "\n", encoding="utf-8")
+    keys.chmod(0o600)  # the server refuses keys others can read
     key_file = tmp_path / "client.key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
     with demo_server(tmp_path, api_keys_file=str(keys)) as protected:

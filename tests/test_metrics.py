@@ -95,6 +95,7 @@ def test_refused_calls_are_counted_as_unauthenticated(
 ) -> None:
     keys = tmp_path / "keys"
     keys.write_text(key_line("grafana", "k" * 32) + "\n", encoding="utf-8")
+    keys.chmod(0o600)  # the server refuses keys others can read
     running = _with_metrics(start_server, sqlite_db, api_keys_file=str(keys))
     port = running.server.metrics_server.port  # type: ignore[union-attr]
     before = _scrape(port)

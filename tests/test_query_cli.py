@@ -224,6 +224,7 @@ def test_unreachable_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
 def _keys(directory: Path) -> Path:
     keys = directory / "api-keys"
     keys.write_text(key_line("tests", KEY) + "\n", encoding="utf-8")
+    keys.chmod(0o600)  # the server refuses keys others can read
     return keys
 
 
