@@ -116,14 +116,14 @@ def _check_session_stats(
             assert actual == value, (name, window)
 
 
-def _check_threat_stats(
+def check_threat_stats(
     stub: Any,
     events: list[reference.RefEvent],
     window: tuple[int | None, int | None],
     top_n: int = 25,
 ) -> stats_pb2.GetThreatStatsResponse:
     expected = reference.threat_stats(events, *window, top_n=top_n)
-    got = stub.GetThreatStats(
+    got: stats_pb2.GetThreatStatsResponse = stub.GetThreatStats(
         stats_pb2.GetThreatStatsRequest(time_range=_time_range(*window), top_n=top_n)
     )
     for name in ("top_source_ips", "top_usernames", "top_passwords", "top_commands"):
@@ -161,7 +161,7 @@ def _check_sensor_stats(
 def _all_checks(stub: Any, events: list[reference.RefEvent]) -> None:
     for window in _windows(events):
         _check_session_stats(stub, events, window)
-        _check_threat_stats(stub, events, window)
+        check_threat_stats(stub, events, window)
         _check_sensor_stats(stub, events, window)
 
 
@@ -175,7 +175,7 @@ def test_every_field_matches_reference_on_captures(
     running = start_server(db.settings())
     _all_checks(running.stub, events)
     # Deep enough to reach the captures' commands of over 1024 characters, cut and flagged.
-    deep = _check_threat_stats(running.stub, events, (None, None), top_n=1000)
+    deep = check_threat_stats(running.stub, events, (None, None), top_n=1000)
     assert sorted(v.value_length for v in deep.top_commands if v.value_truncated) == [2147, 2152]
 
 
@@ -254,7 +254,7 @@ def test_sessions_that_used_a_value_before_the_window_count_once(
         (t0 - 2_500 * second, t0 + 28 * second),
         (None, t0 + 30 * second),
     ]:
-        _check_threat_stats(running.stub, events, window)
+        check_threat_stats(running.stub, events, window)
     got = running.stub.GetThreatStats(
         stats_pb2.GetThreatStatsRequest(time_range=_time_range(t0 + 10 * second, None))
     )
