@@ -183,10 +183,10 @@ def _credential_parts(
 ) -> list[ColumnElement[Any]]:
     """SQL for the capped username and password of credential texts and their lengths.
 
-    The username is stored with each \x01 as \x01\x02, so its first ``MAX_TEXT_CHARS``
-    characters lie within twice as many stored ones, and its length is the number of
-    stored characters other than \x01. The first \x01\x01 is the separator: an escaped
-    username never holds two \x01 in a row, nor ends in one.
+    The username is stored with each ``\\x01`` as ``\\x01\\x02``, so its first
+    ``MAX_TEXT_CHARS`` characters lie within twice as many stored ones, and its length
+    is the number of stored characters other than ``\\x01``. The first ``\\x01\\x01`` is
+    the separator: an escaped username never holds two ``\\x01`` in a row, nor ends in one.
     """
     separator_at = _position(CREDENTIAL_SEPARATOR, whole, conn)
     username = func.substr(whole, 1, separator_at - 1)
