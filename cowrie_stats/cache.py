@@ -1,4 +1,4 @@
-"""A small LRU of statistics responses keyed by request and data version.
+"""A small LRU of statistics responses keyed by request and data version, bounded in bytes.
 
 Dashboards ask the same questions again and again. The data version is bumped
 in every ingest transaction that stores something, and an answer is cached
@@ -7,11 +7,17 @@ exactly what a query of that version gives. Which version a call asks for
 comes either from the call's own snapshot (one tiny query, never stale) or from
 :class:`DataVersionWatch`, a background poll, so that a hit costs no database
 round trip at all and answers trail an ingest by at most the poll interval.
+
+Attackers write what the answers hold, and callers write the requests, so the
+cache is bounded by the bytes of its entries as well as by their number, and no
+entry may take more than a fraction of the bound: a few huge answers cannot push
+out everything else, nor grow the process.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +30,9 @@ from cowrie_stats.errors import DeadlineExceededError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+#: An entry larger than this share of the cache's bytes is not kept (1/8: 2 MiB of 16).
+MAX_ENTRY_SHARE = 8
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -36,7 +45,11 @@ class _Flight:
 
 
 class ResultCache:
-    """Thread-safe least-recently-used mapping with a fixed number of entries.
+    """Thread-safe least-recently-used mapping bounded by entries and by bytes.
+
+    The size of an entry is what the caller's ``size_of`` says (the statistics
+    servicer counts the serialized bytes of the answer and of its request key);
+    an entry larger than ``max_bytes / MAX_ENTRY_SHARE`` is returned but not kept.
 
     :meth:`get_or_compute` is single-flight: when many callers miss on the same
     key at once (a dashboard refreshed by many viewers after an ingest), one
@@ -44,9 +57,12 @@ class ResultCache:
     queries side by side.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_bytes // MAX_ENTRY_SHARE
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
@@ -56,13 +72,15 @@ class ResultCache:
         compute: Callable[[], T],
         wait_seconds: float,
         keep: Callable[[T], bool] = lambda _value: True,
+        size_of: Callable[[T], int] = sys.getsizeof,
     ) -> T:
-        """The cached value of ``key``, else ``compute()``, stored when ``keep`` says so."""
+        """The cached value of ``key``, else ``compute()``, stored when ``keep`` says so
+        and it is small enough (``size_of`` bytes)."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 metrics.CACHE_HITS.inc()
-                return self._entries[key]  # type: ignore[no-any-return]
+                return self._entries[key][0]  # type: ignore[no-any-return]
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
@@ -85,15 +103,31 @@ class ResultCache:
                 self._flights.pop(key, None)
             flight.done.set()
         if keep(flight.value):
-            self.put(key, flight.value)
+            self.put(key, flight.value, size_of(flight.value))
         return flight.value  # type: ignore[no-any-return]
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: Hashable, value: Any, size: int) -> bool:
+        """Keep ``value`` (``size`` bytes) under ``key``, evicting the least recently used
+        entries to stay within both bounds; False when it is too large to keep."""
+        if size > self.max_entry_bytes:
+            return False
         with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._forget(key)
+            self._entries[key] = (value, size)
+            self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._forget(next(iter(self._entries)))
+        return True
+
+    def _forget(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[1]
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of the entries kept, as their ``size_of`` counted them."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)

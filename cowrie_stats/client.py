@@ -16,6 +16,13 @@ A failed call raises a subclass of :class:`StatsError` that says what to do abou
 fix the request, fix the credentials, or retry later. ``cowrie-stats query`` is built
 on this class; its settings come from the same ``COWRIE_STATS_*`` variables
 (:meth:`ClientSettings.from_env`).
+
+Answers carry at most 1024 characters of each value attackers wrote; :func:`text_value`
+reads such a value with its ``truncated`` flag and whole ``length``::
+
+    for entry in stats.get_threat_stats().top_commands:
+        command = text_value(entry, "value")
+        print(command.text, "(cut)" if command.truncated else "", command.length)
 """
 
 from __future__ import annotations
@@ -37,23 +44,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from cowrie_stats import SERVICE_NAME, api
+from cowrie_stats.capping import MAX_TEXT_CHARS
 from cowrie_stats.errors import FieldViolation
 from cowrie_stats.settings import PREFIX, SettingsError, _bool, _int, _raw
 
 __all__ = [
+    "MAX_TEXT_CHARS",
     "AccessDeniedError",
     "ClientSettings",
     "DeadlineExceededError",
     "FieldViolation",
     "InvalidRequestError",
     "NotFoundError",
+    "ResponseTooLargeError",
     "ServerError",
     "ServerUnreachableError",
     "ServiceUnavailableError",
     "StatsClient",
     "StatsError",
+    "TextValue",
     "error_from_call",
     "read_api_key",
+    "text_value",
     "time_range",
     "window_bounds",
 ]
@@ -132,6 +144,12 @@ class NotFoundError(StatsError):
     """NOT_FOUND, e.g. reason SENSOR_NOT_FOUND with metadata ``sensors``."""
 
 
+class ResponseTooLargeError(StatsError):
+    """RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE: the answer is more than the server
+    sends (metadata ``response_bytes``, ``max_response_bytes``). Ask for fewer entries
+    (``top_n``), fewer sensors or a narrower window; the same call fails again."""
+
+
 class ServiceUnavailableError(StatsError):
     """The server answered but cannot serve now (database down, overloaded): retry."""
 
@@ -159,6 +177,9 @@ _BY_CODE: dict[grpc.StatusCode, type[StatsError]] = {
     grpc.StatusCode.ABORTED: ServiceUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
+
+
+TOO_LARGE = "RESPONSE_TOO_LARGE"
 
 
 def _details(error: grpc.Call) -> tuple[error_details_pb2.ErrorInfo | None, list[FieldViolation]]:
@@ -194,6 +215,8 @@ def error_from_call(error: grpc.Call, *, connected: bool = True) -> StatsError:
         code == grpc.StatusCode.DEADLINE_EXCEEDED and not connected
     ):
         kind = ServerUnreachableError
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and info and info.reason == TOO_LARGE:
+        kind = ResponseTooLargeError
     return kind(
         code,
         error.details() or "",
@@ -202,6 +225,34 @@ def error_from_call(error: grpc.Call, *, connected: bool = True) -> StatsError:
         metadata=dict(info.metadata) if info is not None else None,
         field_violations=violations,
     )
+
+
+# -- values attackers wrote ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextValue:
+    """A text field of an answer: ``text`` as sent (at most :data:`MAX_TEXT_CHARS`
+    characters), whether the server cut it, and the whole value's length in code points."""
+
+    text: str
+    truncated: bool
+    length: int
+
+
+def text_value(message: Message, name: str) -> TextValue:
+    """Field ``name`` of ``message`` with its ``<name>_truncated`` and ``<name>_length``.
+
+    A field without those siblings (a sensor name) is never cut; an answer from a server
+    older than them reads as not cut either.
+    """
+    text = getattr(message, name)
+    fields = message.DESCRIPTOR.fields_by_name
+    if f"{name}_truncated" not in fields:
+        return TextValue(text, False, len(text))
+    truncated = bool(getattr(message, f"{name}_truncated"))
+    length = int(getattr(message, f"{name}_length"))
+    return TextValue(text, truncated, length if truncated else len(text))
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -76,6 +76,19 @@ class ResourceExhaustedError(ServiceError):
     reason = "DATABASE_POOL_EXHAUSTED"
 
 
+class ResponseTooLargeError(ResourceExhaustedError):
+    """The answer is larger than the server may send; the same call fails again."""
+
+    reason = "RESPONSE_TOO_LARGE"
+
+    def __init__(self, response_bytes: int, max_bytes: int) -> None:
+        super().__init__(
+            f"the answer is {response_bytes} bytes, more than the {max_bytes} the server "
+            "sends; ask for fewer entries (top_n), fewer sensors or a narrower window",
+            {"response_bytes": str(response_bytes), "max_response_bytes": str(max_bytes)},
+        )
+
+
 class UnauthenticatedError(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "API_KEY_INVALID"

@@ -28,11 +28,13 @@ from cowrie_stats.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    ResponseTooLargeError,
     ServerUnreachableError,
     ServiceUnavailableError,
     StatsClient,
     StatsError,
     read_api_key,
+    text_value,
     window_bounds,
 )
 from cowrie_stats.tables import Table
@@ -46,24 +48,27 @@ EXIT_FAILED = 1  # the server failed the call (INTERNAL, UNIMPLEMENTED, ...)
 EXIT_USAGE = 2  # bad option or configuration; nothing was sent
 EXIT_UNREACHABLE = 3  # no server answered (refused, DNS, TLS handshake, draining)
 EXIT_ACCESS_DENIED = 4  # UNAUTHENTICATED / PERMISSION_DENIED: key or certificate
-EXIT_BAD_REQUEST = 5  # INVALID_ARGUMENT / NOT_FOUND: fix the request, do not retry
+EXIT_BAD_REQUEST = 5  # INVALID_ARGUMENT / NOT_FOUND / answer too large: fix the request
 EXIT_TRY_LATER = 6  # UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED: retry later
 EXIT_STATUS: dict[type[StatsError], int] = {
     ServerUnreachableError: EXIT_UNREACHABLE,
     AccessDeniedError: EXIT_ACCESS_DENIED,
     InvalidRequestError: EXIT_BAD_REQUEST,
     NotFoundError: EXIT_BAD_REQUEST,
+    ResponseTooLargeError: EXIT_BAD_REQUEST,
     ServiceUnavailableError: EXIT_TRY_LATER,
     DeadlineExceededError: EXIT_TRY_LATER,
 }
 HINTS: dict[type[StatsError], str] = {
     ServerUnreachableError: "check the address, and that TLS is on at both ends or at neither",
     AccessDeniedError: "send a key with --api-key-file or COWRIE_STATS_API_KEY(_FILE)",
+    ResponseTooLargeError: "ask for fewer entries (--top), fewer sensors or a shorter window",
 }
 EXIT_HELP = (
     "exit status: 0 answered, 1 the server failed the call, 2 usage or configuration error,\n"
-    "  3 cannot connect, 4 access denied (API key, certificate), 5 bad request or unknown\n"
-    "  sensor (do not retry), 6 unavailable, overloaded or deadline exceeded (retry later)"
+    "  3 cannot connect, 4 access denied (API key, certificate), 5 bad request, unknown\n"
+    "  sensor or too large an answer (do not retry), 6 unavailable, overloaded or deadline\n"
+    "  exceeded (retry later)"
 )
 HEALTH_EXIT_HELP = (
     "exit status: 0 SERVING, 1 NOT_SERVING or SERVICE_UNKNOWN (or the check failed),\n"
@@ -177,6 +182,19 @@ def _number(value: int | float) -> str:
     return tables.decimal(value) if isinstance(value, float) else tables.integer(value)
 
 
+def _attacker_text(message: Message, name: str, max_width: int) -> str:
+    """A text cell of a value attackers wrote; one the server cut ends in ``…`` and says
+    how long it is whole: ``echo AAAA… (1,048,576 chars)``."""
+    value = text_value(message, name)
+    if not value.truncated:
+        return tables.text(value.text, max_width)
+    escaped = tables.escape(value.text)
+    shown = tables.clip(escaped, max_width)
+    if shown == escaped:  # not cut here: mark the server's cut
+        shown += tables.ELLIPSIS
+    return f"{shown} ({tables.integer(value.length)} chars)"
+
+
 def _threat_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top", type=int, metavar="N", help="entries per ranking, 1..1000 (default 10)"
@@ -195,7 +213,7 @@ def _render_threats(reply: api.GetThreatStatsResponse, max_width: int) -> Iterab
         table = Table(title, ranked, frozenset({"count", "sessions"}))
         for entry in getattr(reply, name):
             table.add(
-                tables.text(entry.value, max_width),
+                _attacker_text(entry, "value", max_width),
                 tables.integer(entry.count),
                 tables.integer(entry.sessions),
                 tables.timestamp(entry.first_seen, entry.HasField("first_seen")),
@@ -209,8 +227,8 @@ def _render_threats(reply: api.GetThreatStatsResponse, max_width: int) -> Iterab
     )
     for credential in reply.top_credentials:
         credentials.add(
-            tables.text(credential.username, max_width),
-            tables.text(credential.password, max_width),
+            _attacker_text(credential, "username", max_width),
+            _attacker_text(credential, "password", max_width),
             tables.integer(credential.attempts),
             tables.integer(credential.successes),
         )
@@ -222,8 +240,8 @@ def _render_threats(reply: api.GetThreatStatsResponse, max_width: int) -> Iterab
     )
     for download in reply.top_downloads:
         downloads.add(
-            tables.text(download.shasum, max_width),
-            tables.text(download.url, max_width),
+            _attacker_text(download, "shasum", max_width),
+            _attacker_text(download, "url", max_width),
             tables.integer(download.count),
             tables.integer(download.sessions),
         )

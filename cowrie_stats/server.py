@@ -50,6 +50,11 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def send_limit(settings: Settings) -> int:
+    """Bytes of the largest answer the server sends (the servicer refuses larger ones)."""
+    return 16 * settings.max_message_bytes
+
+
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
         # No connection holds resources for ever: idle ones close, old ones are asked to
@@ -58,7 +63,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_seconds)),
         ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace_seconds)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
+        ("grpc.max_send_message_length", send_limit(settings)),
         # Two servers must never silently share a port.
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 60_000),
@@ -108,11 +113,16 @@ class StatsServer:
         )
         self.probe_server = self._probe_server() if settings.probe_port else None
         limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
-        cache = (
-            ResultCache(settings.result_cache_entries) if settings.result_cache_entries else None
-        )
+        cache = None
+        if settings.result_cache_entries and settings.result_cache_bytes:
+            cache = ResultCache(settings.result_cache_entries, settings.result_cache_bytes)
+        self.cache = cache
         servicer = CowrieStatsServicer(
-            self.router, limits, settings.default_deadline_seconds, cache
+            self.router,
+            limits,
+            settings.default_deadline_seconds,
+            cache,
+            max_response_bytes=send_limit(settings),
         )
         self.versions: DataVersionWatch | None = None
         if cache is not None and settings.data_version_poll_seconds > 0:

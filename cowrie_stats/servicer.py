@@ -1,4 +1,10 @@
-"""The CowrieStatsService servicer: validate, pick a read, call the query layer."""
+"""The CowrieStatsService servicer: validate, pick a read, call the query layer.
+
+Every answer is measured once, when it is computed: the result cache counts its
+bytes, and an answer larger than the server may send fails here with
+RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE). Left to the transport, it would fail
+after the handler returned, so the access log and the metrics would call it OK.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Connection
 
 from cowrie_stats import queries, validation
@@ -19,9 +27,11 @@ from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.lag import describe_lag
 from cowrie_stats.db.routing import Answer, Router
-from cowrie_stats.errors import rpc_errors
+from cowrie_stats.errors import ResponseTooLargeError, rpc_errors
+from cowrie_stats.queries.sensors import SensorSnapshot
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 log = logging.getLogger(__name__)
 READ_FROM_HEADER = "x-cowrie-read-from"
 # Set on answers from a replica beyond COWRIE_STATS_MAX_REPLICA_LAG: how old the data may be.
@@ -31,6 +41,55 @@ DATA_LAG: ContextVar[str | None] = ContextVar("cowrie_stats_data_lag", default=N
 # data version before calls see it: at most this many, for at most this long.
 WARM_MAX_REQUESTS = 32
 WARM_BUDGET_SECONDS = 30.0
+# grpc's default send limit; the server passes its own (server.send_limit).
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Setting `stale` adds 2 bytes to a sensor's entry and at most 1 to its length prefix.
+STALE_FLAG_BYTES = 3
+RequestKey = tuple[str, bytes]
+StatsRequest = (
+    stats_pb2.GetSessionStatsRequest
+    | stats_pb2.GetThreatStatsRequest
+    | stats_pb2.GetSensorStatsRequest
+)
+
+
+@dataclass(frozen=True)
+class Sized(Generic[T]):
+    """An answer and its serialized bytes (at most these, for a sensor snapshot)."""
+
+    value: T
+    size: int
+
+
+def measured(message: M) -> Sized[M]:
+    return Sized(message, message.ByteSize())
+
+
+def measured_snapshot(snapshot: SensorSnapshot) -> Sized[SensorSnapshot]:
+    response = snapshot.response
+    return Sized(snapshot, response.ByteSize() + STALE_FLAG_BYTES * len(response.sensors))
+
+
+def _timestamp(us: int) -> Timestamp:
+    seconds, micros = divmod(us, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def request_key(normalised: StatsRequest, filters: validation.Filters) -> RequestKey:
+    """The cache key of a validated request: its type and deterministic bytes.
+
+    ``normalised`` is a new request with the other fields as validated (top_n 10
+    for 0, say); the window and the sorted sensors are added from ``filters``.
+    Nothing else of the caller's message (unknown fields, sub-microsecond times,
+    an empty time_range, sensor order and repeats) makes another key.
+    """
+    window = filters.window
+    if window.start_us is not None:
+        normalised.time_range.start_time.CopyFrom(_timestamp(window.start_us))
+    if window.end_us is not None:
+        normalised.time_range.end_time.CopyFrom(_timestamp(window.end_us))
+    normalised.sensors.extend(sorted(filters.sensors))
+    return type(normalised).__name__, normalised.SerializeToString(deterministic=True)
 
 
 class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
@@ -43,14 +102,16 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         default_deadline_seconds: float,
         cache: ResultCache | None = None,
         versions: DataVersionWatch | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.router = router
         self.limits = limits
         self.default_deadline_seconds = default_deadline_seconds
         self.cache = cache
         self.versions = versions
+        self.max_response_bytes = max_response_bytes
         # Recently asked cacheable requests, newest last, with the work that answers them.
-        self._recent: OrderedDict[Hashable, Callable[[Connection], Any]] = OrderedDict()
+        self._recent: OrderedDict[RequestKey, Callable[[Connection], Any]] = OrderedDict()
         self._recent_lock = threading.Lock()
 
     @rpc_errors
@@ -58,18 +119,22 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self, request: stats_pb2.GetSessionStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetSessionStatsResponse:
         filters, bucket_us = validation.session_request(request, self.limits)
-        return self._answer(
-            context, request, lambda conn: queries.session_stats(conn, filters, bucket_us)
+        key = request_key(stats_pb2.GetSessionStatsRequest(bucket=request.bucket), filters)
+        answer = self._answer(
+            context, key, lambda conn: measured(queries.session_stats(conn, filters, bucket_us))
         )
+        return self._deliverable(answer)
 
     @rpc_errors
     def GetThreatStats(
         self, request: stats_pb2.GetThreatStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetThreatStatsResponse:
         filters, top_n = validation.threat_request(request, self.limits)
-        return self._answer(
-            context, request, lambda conn: queries.threat_stats(conn, filters, top_n)
+        key = request_key(stats_pb2.GetThreatStatsRequest(top_n=top_n), filters)
+        answer = self._answer(
+            context, key, lambda conn: measured(queries.threat_stats(conn, filters, top_n))
         )
+        return self._deliverable(answer)
 
     @rpc_errors
     def GetSensorStats(
@@ -77,15 +142,27 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
     ) -> stats_pb2.GetSensorStatsResponse:
         filters, stale_after_us = validation.sensor_request(request, self.limits)
         # `stale` depends on the clock, so it is applied after the (cacheable) figures.
-        key = stats_pb2.GetSensorStatsRequest(
-            time_range=request.time_range, sensors=request.sensors
+        key = request_key(stats_pb2.GetSensorStatsRequest(), filters)
+        snapshot = self._answer(
+            context, key, lambda conn: measured_snapshot(queries.sensor_stats(conn, filters))
         )
-        snapshot = self._answer(context, key, lambda conn: queries.sensor_stats(conn, filters))
-        return queries.with_staleness(snapshot, stale_after_us)
+        return queries.with_staleness(self._deliverable(snapshot), stale_after_us)
+
+    def _deliverable(self, answer: Sized[T]) -> T:
+        """The answer, unless it is too large to send (then RESOURCE_EXHAUSTED, here)."""
+        if answer.size > self.max_response_bytes:
+            raise ResponseTooLargeError(answer.size, self.max_response_bytes)
+        return answer.value
+
+    def _keepable(self, answer: Answer[Sized[Any]]) -> bool:
+        return answer.value.size <= self.max_response_bytes
 
     def _answer(
-        self, context: grpc.ServicerContext, key: Message, work: Callable[[Connection], T]
-    ) -> T:
+        self,
+        context: grpc.ServicerContext,
+        request_key: RequestKey,
+        work: Callable[[Connection], Sized[T]],
+    ) -> Sized[T]:
         """Run ``work`` on a read connection, behind the result cache when there is one."""
         remaining = context.time_remaining()
         timeout = self.default_deadline_seconds
@@ -96,7 +173,6 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         if self.cache is None:
             answer = self.router.read(work, timeout, prefer_primary=prefer_primary)
         else:
-            request_key = (type(key).__name__, key.SerializeToString(deterministic=True))
             known = None if prefer_primary or self.versions is None else self.versions.current()
             if known is None:
                 answer = self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
@@ -106,7 +182,7 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         report_lag(context, answer.lag_seconds)
         return answer.value
 
-    def _remember(self, request_key: Hashable, work: Callable[[Connection], Any]) -> None:
+    def _remember(self, request_key: RequestKey, work: Callable[[Connection], Any]) -> None:
         with self._recent_lock:
             self._recent[request_key] = work
             self._recent.move_to_end(request_key)
@@ -134,11 +210,11 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
 
     def _cached_in_snapshot(
         self,
-        request_key: Hashable,
-        work: Callable[[Connection], T],
+        request_key: RequestKey,
+        work: Callable[[Connection], Sized[T]],
         timeout: float,
         prefer_primary: bool,
-    ) -> Answer[T]:
+    ) -> Answer[Sized[T]]:
         """Exact: the version is read in the same snapshot as the figures would be.
 
         A cached answer is exact for its version wherever it was computed; how
@@ -147,16 +223,26 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         cache = self.cache
         assert cache is not None
 
-        def cached(conn: Connection) -> Answer[T]:
+        def cached(conn: Connection) -> Answer[Sized[T]]:
             versioned_key = (request_key, queries.data_version(conn))
-            return cache.get_or_compute(versioned_key, lambda: Answer(work(conn)), timeout)
+            return cache.get_or_compute(
+                versioned_key,
+                lambda: Answer(work(conn)),
+                timeout,
+                keep=self._keepable,
+                size_of=lambda answer: entry_bytes(request_key, answer),
+            )
 
         answer = self.router.read(cached, timeout, prefer_primary=prefer_primary)
         return Answer(answer.value.value, answer.lag_seconds)
 
     def _cached_at(
-        self, known: int, request_key: Hashable, work: Callable[[Connection], T], timeout: float
-    ) -> Answer[T]:
+        self,
+        known: int,
+        request_key: RequestKey,
+        work: Callable[[Connection], Sized[T]],
+        timeout: float,
+    ) -> Answer[Sized[T]]:
         """Answer for the watched version ``known``; a hit touches no database.
 
         A miss computes in whatever snapshot it gets. The answer is kept only if
@@ -169,7 +255,7 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         assert cache is not None
         snapshot_versions: list[int] = []  # of each attempt: a read may retry elsewhere
 
-        def versioned(conn: Connection) -> T:
+        def versioned(conn: Connection) -> Sized[T]:
             snapshot_versions.append(queries.data_version(conn))
             return work(conn)
 
@@ -177,8 +263,18 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
             (request_key, known),
             lambda: self.router.read(versioned, timeout),
             timeout,
-            keep=lambda answer: snapshot_versions[-1] == known and answer.lag_seconds is None,
+            keep=lambda answer: (
+                snapshot_versions[-1] == known
+                and answer.lag_seconds is None
+                and self._keepable(answer)
+            ),
+            size_of=lambda answer: entry_bytes(request_key, answer),
         )
+
+
+def entry_bytes(request_key: RequestKey, answer: Answer[Sized[Any]]) -> int:
+    """What a cache entry holds: the answer's serialized bytes and its request key's."""
+    return answer.value.size + len(request_key[1])
 
 
 def report_lag(context: grpc.ServicerContext, lag_seconds: float | None) -> None:

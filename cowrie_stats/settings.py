@@ -58,6 +58,9 @@ class Settings:
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods; fenced by policy
     result_cache_entries: int = 256
+    # Bytes of the cached answers and their request keys (serialized); an answer over
+    # an eighth of it is not kept. 0 turns the cache off, as 0 entries does.
+    result_cache_bytes: int = 16 * 1024 * 1024
     data_version_poll_seconds: float = 1.0
     max_sensors_per_request: int = 1000
     max_window_days: int = 3660
@@ -253,6 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
         metrics_host=_raw(env, "METRICS_HOST") or "0.0.0.0",  # noqa: S104
         result_cache_entries=_int(env, "RESULT_CACHE_ENTRIES", 256, 0, 1_000_000),
+        result_cache_bytes=_int(env, "RESULT_CACHE_BYTES", 16 * 1024 * 1024, 0, 1 << 40),
         data_version_poll_seconds=_float(env, "DATA_VERSION_POLL_INTERVAL", 1.0, 0.0),
         max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
         max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),

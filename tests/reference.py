@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 US = 1_000_000
+# docs/api.md: an answer carries at most this many characters of a value attackers wrote.
+MAX_TEXT = 1024
+
+
+def capped(value: str) -> tuple[str, bool, int]:
+    """(the text an answer carries, whether it was cut, the whole length in code points)."""
+    return value[:MAX_TEXT], len(value) > MAX_TEXT, len(value)
 
 
 def _clean(value: Any) -> Any:
@@ -189,8 +196,9 @@ def session_stats(
 
 
 def _rank(items: dict[str, tuple[int, set[Any], int, int]], top_n: int) -> list[tuple[Any, ...]]:
+    """Ordered by the whole values, then each cut as answers cut it."""
     ordered = sorted(items.items(), key=lambda kv: (-kv[1][0], kv[0].encode()))
-    return [(v, c, len(ss), lo, hi) for v, (c, ss, lo, hi) in ordered[:top_n]]
+    return [(*capped(v), c, len(ss), lo, hi) for v, (c, ss, lo, hi) in ordered[:top_n]]
 
 
 def _accumulate(pairs: list[tuple[str, Any, int]]) -> dict[str, tuple[int, set[Any], int, int]]:
@@ -266,13 +274,13 @@ def threat_stats(
         "top_passwords": _rank(passwords, top_n),
         "top_commands": _rank(commands, top_n),
         "top_credentials": [
-            (u, p, n, ok)
+            (*capped(u), *capped(p), n, ok)
             for (u, p), (n, ok) in sorted(
                 creds.items(), key=lambda kv: (-kv[1][0], kv[0][0].encode(), kv[0][1].encode())
             )[:top_n]
         ],
         "top_downloads": [
-            (sha, url, n, len(sess))
+            (*capped(sha), *capped(url), n, len(sess))
             for sha, (n, sess, url, _) in sorted(
                 downloads.items(), key=lambda kv: (-kv[1][0], kv[0].encode())
             )[:top_n]

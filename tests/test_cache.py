@@ -1,4 +1,4 @@
-"""The result cache: LRU bound, single flight, and a failing leader."""
+"""The result cache: LRU bounds in entries and bytes, single flight, a failing leader, keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cowrie_stats.cache import DataVersionWatch, ResultCache
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+from cowrie_stats.cache import MAX_ENTRY_SHARE, DataVersionWatch, ResultCache
 from cowrie_stats.errors import DeadlineExceededError
+from cowrie_stats.servicer import request_key
+from cowrie_stats.validation import Filters, Limits, Window, threat_request
 
 
 def test_lru_keeps_the_most_recent_entries() -> None:
@@ -20,6 +23,51 @@ def test_lru_keeps_the_most_recent_entries() -> None:
     assert cache.get_or_compute("a", lambda: "recomputed", 1) == "A"
     assert cache.get_or_compute("c", lambda: "recomputed", 1) == "C"
     assert cache.get_or_compute("b", lambda: "recomputed", 1) == "recomputed"
+
+
+def test_bytes_bound_evicts_the_least_recently_used() -> None:
+    cache = ResultCache(max_entries=100, max_bytes=800)  # entries of at most 100 bytes
+    for key in ("a", "b", "c", "d", "e", "f", "g", "h"):
+        cache.get_or_compute(key, lambda: "x" * 100, 1, size_of=len)
+    assert (len(cache), cache.bytes) == (8, 800)
+    cache.get_or_compute("a", lambda: "recomputed", 1, size_of=len)  # a hit: "b" is oldest
+    cache.get_or_compute("i", lambda: "y" * 60, 1, size_of=len)
+    assert (len(cache), cache.bytes) == (8, 760)
+    assert cache.get_or_compute("b", lambda: "gone", 1, size_of=len) == "gone"
+    assert cache.get_or_compute("a", lambda: "recomputed", 1, size_of=len) == "x" * 100
+
+
+def test_an_entry_over_its_share_of_the_bytes_is_returned_not_kept() -> None:
+    cache = ResultCache(max_entries=100, max_bytes=8 * MAX_ENTRY_SHARE)
+    huge = "z" * (cache.max_entry_bytes + 1)
+    assert cache.get_or_compute("k", lambda: huge, 1, size_of=len) == huge
+    assert (len(cache), cache.bytes) == (0, 0)
+    assert cache.put("k", "12345678", 8) and cache.bytes == 8
+    assert cache.put("k", "1234", 4) and (len(cache), cache.bytes) == (1, 4)  # replaced
+
+
+def test_keys_are_the_normalised_requests() -> None:
+    limits = Limits()
+
+    def key(request: stats_pb2.GetThreatStatsRequest) -> tuple[str, bytes]:
+        filters, top_n = threat_request(request, limits)
+        return request_key(stats_pb2.GetThreatStatsRequest(top_n=top_n), filters)
+
+    plain = stats_pb2.GetThreatStatsRequest(sensors=["b", "a"])
+    assert key(plain) == key(stats_pb2.GetThreatStatsRequest(sensors=["a", "b", "a"], top_n=10))
+    assert key(plain) != key(stats_pb2.GetThreatStatsRequest(sensors=["a"]))
+    with_unknown = stats_pb2.GetThreatStatsRequest.FromString(
+        plain.SerializeToString() + b"\xfa\x06\x03abc"  # field 111, 3 bytes
+    )
+    assert with_unknown.SerializeToString() != plain.SerializeToString()  # kept, re-sent
+    assert key(with_unknown) == key(plain)
+    name, raw = request_key(
+        stats_pb2.GetThreatStatsRequest(top_n=10), Filters(Window(1_500_000, None), ())
+    )
+    decoded = stats_pb2.GetThreatStatsRequest.FromString(raw)
+    assert name == "GetThreatStatsRequest"
+    assert decoded.time_range.start_time.ToMicroseconds() == 1_500_000
+    assert not decoded.time_range.HasField("end_time")
 
 
 def test_concurrent_misses_compute_once() -> None:

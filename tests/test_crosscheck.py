@@ -55,7 +55,50 @@ def _windows(events: list[reference.RefEvent]) -> list[tuple[int | None, int | N
 
 
 def _ranked(values: Any) -> list[tuple[Any, ...]]:
-    return [(v.value, v.count, v.sessions, _us(v.first_seen), _us(v.last_seen)) for v in values]
+    return [
+        (
+            v.value,
+            v.value_truncated,
+            v.value_length,
+            v.count,
+            v.sessions,
+            _us(v.first_seen),
+            _us(v.last_seen),
+        )
+        for v in values
+    ]
+
+
+def _credentials(got: stats_pb2.GetThreatStatsResponse) -> list[tuple[Any, ...]]:
+    return [
+        (
+            c.username,
+            c.username_truncated,
+            c.username_length,
+            c.password,
+            c.password_truncated,
+            c.password_length,
+            c.attempts,
+            c.successes,
+        )
+        for c in got.top_credentials
+    ]
+
+
+def _downloads(got: stats_pb2.GetThreatStatsResponse) -> list[tuple[Any, ...]]:
+    return [
+        (
+            d.shasum,
+            d.shasum_truncated,
+            d.shasum_length,
+            d.url,
+            d.url_truncated,
+            d.url_length,
+            d.count,
+            d.sessions,
+        )
+        for d in got.top_downloads
+    ]
 
 
 def _check_session_stats(
@@ -73,24 +116,24 @@ def _check_session_stats(
             assert actual == value, (name, window)
 
 
-def _check_threat_stats(
-    stub: Any, events: list[reference.RefEvent], window: tuple[int | None, int | None]
-) -> None:
-    expected = reference.threat_stats(events, *window, top_n=25)
-    got = stub.GetThreatStats(
-        stats_pb2.GetThreatStatsRequest(time_range=_time_range(*window), top_n=25)
+def check_threat_stats(
+    stub: Any,
+    events: list[reference.RefEvent],
+    window: tuple[int | None, int | None],
+    top_n: int = 25,
+) -> stats_pb2.GetThreatStatsResponse:
+    expected = reference.threat_stats(events, *window, top_n=top_n)
+    got: stats_pb2.GetThreatStatsResponse = stub.GetThreatStats(
+        stats_pb2.GetThreatStatsRequest(time_range=_time_range(*window), top_n=top_n)
     )
     for name in ("top_source_ips", "top_usernames", "top_passwords", "top_commands"):
         assert _ranked(getattr(got, name)) == expected[name], (name, window)
-    assert [
-        (c.username, c.password, c.attempts, c.successes) for c in got.top_credentials
-    ] == expected["top_credentials"]
-    assert [(d.shasum, d.url, d.count, d.sessions) for d in got.top_downloads] == expected[
-        "top_downloads"
-    ]
+    assert _credentials(got) == expected["top_credentials"]
+    assert _downloads(got) == expected["top_downloads"]
     for name in ("unique_source_ips", "unique_usernames", "unique_passwords"):
         assert getattr(got, name) == expected[name], name
     assert got.unique_download_hashes == expected["unique_download_hashes"]
+    return got
 
 
 def _check_sensor_stats(
@@ -118,7 +161,7 @@ def _check_sensor_stats(
 def _all_checks(stub: Any, events: list[reference.RefEvent]) -> None:
     for window in _windows(events):
         _check_session_stats(stub, events, window)
-        _check_threat_stats(stub, events, window)
+        check_threat_stats(stub, events, window)
         _check_sensor_stats(stub, events, window)
 
 
@@ -131,6 +174,9 @@ def test_every_field_matches_reference_on_captures(
     assert summary.events_stored == len(events)
     running = start_server(db.settings())
     _all_checks(running.stub, events)
+    # Deep enough to reach the captures' commands of over 1024 characters, cut and flagged.
+    deep = check_threat_stats(running.stub, events, (None, None), top_n=1000)
+    assert sorted(v.value_length for v in deep.top_commands if v.value_truncated) == [2147, 2152]
 
 
 def test_every_field_matches_reference_on_sample_with_sensor_filter(
@@ -208,7 +254,7 @@ def test_sessions_that_used_a_value_before_the_window_count_once(
         (t0 - 2_500 * second, t0 + 28 * second),
         (None, t0 + 30 * second),
     ]:
-        _check_threat_stats(running.stub, events, window)
+        check_threat_stats(running.stub, events, window)
     got = running.stub.GetThreatStats(
         stats_pb2.GetThreatStatsRequest(time_range=_time_range(t0 + 10 * second, None))
     )

@@ -614,12 +614,22 @@ def test_values_of_any_length_are_stored_and_counted_exactly(
     from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 
     reply = start_server(db.settings()).stub.GetThreatStats(stats_pb2.GetThreatStatsRequest())
-    assert [(c.value, c.count, c.sessions) for c in reply.top_commands] == [(dropper, 2, 2)]
-    assert [(p.value, p.count) for p in reply.top_passwords] == [(password, 2)]
+    # Answers carry the first 1024 characters of each, flagged, with the whole length.
+    cut_dropper, cut_password = dropper[:1024], password[:1024]
+    assert [
+        (c.value, c.value_truncated, c.value_length, c.count, c.sessions)
+        for c in reply.top_commands
+    ] == [(cut_dropper, True, len(dropper), 2, 2)]
+    assert [(p.value, p.value_length, p.count) for p in reply.top_passwords] == [
+        (cut_password, len(password), 2)
+    ]
     assert reply.unique_usernames == 2
-    assert [(c.username, c.password, c.attempts) for c in reply.top_credentials] == [
-        (password, password, 1),
-        ("root", password, 1),
+    assert [
+        (c.username, c.username_length, c.password, c.password_length, c.attempts)
+        for c in reply.top_credentials
+    ] == [
+        (cut_password, len(password), cut_password, len(password), 1),
+        ("root", 4, cut_password, len(password), 1),
     ]
 
 

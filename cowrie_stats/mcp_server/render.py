@@ -12,7 +12,9 @@ own sentences: every string from a response is quoted, with quotes, backslashes 
 every character a terminal or a model could act on escaped (:func:`quote`, built on
 :func:`cowrie_stats.tables.escape`), and the whole body sits between two marker lines
 that say it is untrusted log content. A value cannot end its quotes or its line, so it
-cannot fake the end marker.
+cannot fake the end marker. A value the server cut to its first 1024 characters is
+followed by how long it is whole (its ``*_truncated`` and ``*_length`` fields are not
+repeated beside it).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from cowrie_stats.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    ResponseTooLargeError,
     ServerUnreachableError,
     ServiceUnavailableError,
     StatsError,
+    text_value,
 )
 
 UNTRUSTED_BEGIN = (
@@ -156,13 +160,30 @@ def _scalar(field: FieldDescriptor, value: Any) -> str:
     return str(value)
 
 
+_CUT_MARKS = ("_truncated", "_length")
+
+
+def _cut_mark(field: FieldDescriptor, names: set[str]) -> bool:
+    """Whether ``field`` is the flag or length of a text field beside it."""
+    return any(
+        field.name.endswith(mark) and field.name.removesuffix(mark) in names for mark in _CUT_MARKS
+    )
+
+
 def _inline(message: Message) -> str:
     """``name value, name value`` for the fields of a list entry; unset ones left out."""
+    fields = _fields(message)
+    names = {field.name for field in fields}
     parts = []
-    for field in _fields(message):
-        if field.has_presence and not message.HasField(field.name):
+    for field in fields:
+        if _cut_mark(field, names) or (field.has_presence and not message.HasField(field.name)):
             continue
-        parts.append(f"{field.json_name} {_field_text(field, getattr(message, field.name))}")
+        text = _field_text(field, getattr(message, field.name))
+        if f"{field.name}_truncated" in names:
+            value = text_value(message, field.name)
+            if value.truncated:
+                text += f" (cut by the server: {value.length} characters in all)"
+        parts.append(f"{field.json_name} {text}")
     return ", ".join(parts)
 
 
@@ -215,6 +236,10 @@ ADVICE: dict[type[StatsError], str] = {
         "the call ran out of time; a retry may help, or narrow the window or the sensors"
     ),
     InvalidRequestError: "fix the arguments named above; the same call will fail again",
+    ResponseTooLargeError: (
+        "the answer is larger than the statistics server sends: ask for fewer entries "
+        "(top_n), fewer sensors or a shorter window; the same call will fail again"
+    ),
     NotFoundError: (
         f"check the names ({SENSORS_RESOURCE} and get_sensor_stats list the known sensors); "
         "the same call will fail again"

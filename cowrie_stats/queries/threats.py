@@ -4,7 +4,8 @@ Rankings read the window's whole pieces from ``rollup_values`` and only its
 partial edges from the raw rows. A value's distinct sessions are its uses
 flagged as their session's first, plus the sessions that used it before the
 window and again inside it (:mod:`cowrie_stats.queries.straddling`). Ties
-break bytewise on the value's text, which the dictionary holds.
+break bytewise on the value's whole text, which the dictionary holds; answers
+carry its first characters only (:mod:`cowrie_stats.capping`), cut by the database.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, func, literal, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+)
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
+from cowrie_stats.capping import MAX_TEXT_CHARS, CappedText, char_length, head
 from cowrie_stats.db.models import (
     COMMANDS,
     DOWNLOADS,
@@ -25,7 +36,7 @@ from cowrie_stats.db.models import (
     VALUE_DICTIONARY,
     VALUE_KINDS,
 )
-from cowrie_stats.ingest.details import split_credential
+from cowrie_stats.ingest.details import CREDENTIAL_ESCAPE, CREDENTIAL_SEPARATOR
 from cowrie_stats.ingest.summaries import VALUE_LEVELS
 from cowrie_stats.queries.scope import Scope, bytewise, timestamp
 from cowrie_stats.queries.sets import PASSWORD, SHASUM, SRC_IP, USERNAME, count, sets_by_sensor
@@ -37,10 +48,13 @@ INPUT, CREDENTIAL = VALUE_KINDS["input"], VALUE_KINDS["credential"]
 
 @dataclass(frozen=True)
 class Ranked:
-    """One entry of a ranking: the value's text and its figures in the window."""
+    """One entry of a ranking: the value's capped text and its figures in the window.
+
+    ``texts`` is the value, or a credential's username and password.
+    """
 
     value_id: int
-    text: str
+    texts: tuple[CappedText, ...]
     uses: int
     first_uses: int
     first_ts_us: int
@@ -111,17 +125,34 @@ def rank(conn: Connection, scope: Scope, kind: int, top_n: int) -> list[Ranked]:
     # dictionary for the tie-break.
     threshold = select(g.uses).order_by(g.uses.desc()).limit(1).offset(top_n - 1).scalar_subquery()
     d = VALUE_DICTIONARY.c
-    query = (
-        select(d.value, g.value_id, g.uses, g.first_uses, g.first_ts_us, g.last_ts_us, g.successes)
+    top = (
+        select(
+            d.value.label("whole"),
+            d.length.label("length"),
+            g.value_id,
+            g.uses,
+            g.first_uses,
+            g.first_ts_us,
+            g.last_ts_us,
+            g.successes,
+        )
         .join_from(grouped, VALUE_DICTIONARY, d.id == g.value_id)
         .where(g.uses >= func.coalesce(threshold, 0))
         .order_by(g.uses.desc(), bytewise(d.value, conn).asc())
         .limit(top_n)
+        .subquery("top")
     )
+    t = top.c
+    # The texts are cut here, on the top_n rows only; the order is the whole value's.
+    texts = _credential_parts(t.whole, t.length, conn) if kind == CREDENTIAL else _whole(t)
+    query = select(
+        *texts, t.value_id, t.uses, t.first_uses, t.first_ts_us, t.last_ts_us, t.successes
+    ).order_by(t.uses.desc(), bytewise(t.whole, conn).asc())
+    read_texts = _read_credential if kind == CREDENTIAL else _read_whole
     return [
         Ranked(
             row.value_id,
-            row.value,
+            read_texts(row),
             int(row.uses),
             int(row.first_uses or 0),
             row.first_ts_us,
@@ -130,6 +161,54 @@ def rank(conn: Connection, scope: Scope, kind: int, top_n: int) -> list[Ranked]:
         )
         for row in conn.execute(query)
     ]
+
+
+def _whole(top: Any) -> list[ColumnElement[Any]]:
+    return [head(top.whole).label("text"), top.length]
+
+
+def _read_whole(row: Any) -> tuple[CappedText, ...]:
+    return (CappedText(row.text, row.length),)
+
+
+def _position(needle: str, haystack: ColumnElement[Any], conn: Connection) -> ColumnElement[int]:
+    """SQL for the 1-based character position of ``needle`` in ``haystack`` (0: absent)."""
+    if conn.dialect.name == "postgresql":
+        return func.strpos(haystack, needle)
+    return func.instr(haystack, needle)
+
+
+def _credential_parts(
+    whole: ColumnElement[Any], length: ColumnElement[Any], conn: Connection
+) -> list[ColumnElement[Any]]:
+    """SQL for the capped username and password of credential texts and their lengths.
+
+    The username is stored with each ``\\x01`` as ``\\x01\\x02``, so its first
+    ``MAX_TEXT_CHARS`` characters lie within twice as many stored ones, and its length
+    is the number of stored characters other than ``\\x01``. The first ``\\x01\\x01`` is
+    the separator: an escaped username never holds two ``\\x01`` in a row, nor ends in one.
+    """
+    separator_at = _position(CREDENTIAL_SEPARATOR, whole, conn)
+    username = func.substr(whole, 1, separator_at - 1)
+    escape = CREDENTIAL_ESCAPE[0]
+    return [
+        head(whole, 2 * MAX_TEXT_CHARS).label("username_head"),
+        separator_at.label("separator_at"),
+        char_length(func.replace(username, escape, "")).label("username_length"),
+        func.substr(whole, separator_at + len(CREDENTIAL_SEPARATOR), MAX_TEXT_CHARS).label(
+            "password_text"
+        ),
+        (length - separator_at - (len(CREDENTIAL_SEPARATOR) - 1)).label("password_length"),
+    ]
+
+
+def _read_credential(row: Any) -> tuple[CappedText, ...]:
+    escaped = row.username_head[: row.separator_at - 1]
+    username = escaped.replace(CREDENTIAL_ESCAPE[1], CREDENTIAL_ESCAPE[0])[:MAX_TEXT_CHARS]
+    return (
+        CappedText(username, row.username_length),
+        CappedText(row.password_text, row.password_length),
+    )
 
 
 def threat_stats(
@@ -143,7 +222,9 @@ def threat_stats(
     def ranked(kind: int, column: str) -> list[stats_pb2.RankedValue]:
         return [
             stats_pb2.RankedValue(
-                value=r.text,
+                value=r.texts[0].text,
+                value_truncated=r.texts[0].truncated,
+                value_length=r.texts[0].length,
                 count=r.uses,
                 sessions=r.first_uses + earlier[column][r.value_id],
                 first_seen=timestamp(r.first_ts_us),
@@ -171,10 +252,17 @@ def threat_stats(
 def _credentials(top: list[Ranked]) -> list[stats_pb2.Credential]:
     credentials = []
     for r in top:
-        username, password = split_credential(r.text)
+        username, password = r.texts
         credentials.append(
             stats_pb2.Credential(
-                username=username, password=password, attempts=r.uses, successes=r.successes
+                username=username.text,
+                username_truncated=username.truncated,
+                username_length=username.length,
+                password=password.text,
+                password_truncated=password.truncated,
+                password_length=password.length,
+                attempts=r.uses,
+                successes=r.successes,
             )
         )
     return credentials
@@ -184,38 +272,55 @@ def _downloads(
     conn: Connection, scope: Scope, top: list[Ranked], earlier: Counter[int]
 ) -> list[stats_pb2.Download]:
     urls = _latest_urls(conn, scope, [r.value_id for r in top])
-    return [
-        stats_pb2.Download(
-            shasum=r.text,
-            url=urls.get(r.value_id, ""),
-            count=r.uses,
-            sessions=r.first_uses + earlier[r.value_id],
+    no_url = CappedText("", 0)
+    downloads = []
+    for r in top:
+        shasum, url = r.texts[0], urls.get(r.value_id, no_url)
+        downloads.append(
+            stats_pb2.Download(
+                shasum=shasum.text,
+                shasum_truncated=shasum.truncated,
+                shasum_length=shasum.length,
+                url=url.text,
+                url_truncated=url.truncated,
+                url_length=url.length,
+                count=r.uses,
+                sessions=r.first_uses + earlier[r.value_id],
+            )
         )
-        for r in top
-    ]
+    return downloads
 
 
-def _latest_urls(conn: Connection, scope: Scope, shasum_ids: list[int]) -> dict[int, str]:
+def _latest_urls(conn: Connection, scope: Scope, shasum_ids: list[int]) -> dict[int, CappedText]:
     """Per hash id, the non-empty URL of its latest download in scope (ties: the greatest URL).
 
     One backward step along the (shasum_id, ts_us) index per hash, however many
-    downloads the hash has.
+    downloads the hash has, for each of the URL's head and length.
     """
     if not shasum_ids:
         return {}
     d = DOWNLOADS.c
-    latest = (
-        select(d.url)
-        .where(
-            d.shasum_id == VALUE_DICTIONARY.c.id,
-            scope.where(d.ts_us, d.sensor_id),
-            d.url.is_not(None),
-            d.url != "",
+
+    def latest(of_url: ColumnElement[Any]) -> Any:
+        return (
+            select(of_url)
+            .where(
+                d.shasum_id == VALUE_DICTIONARY.c.id,
+                scope.where(d.ts_us, d.sensor_id),
+                d.url.is_not(None),
+                d.url != "",
+            )
+            .order_by(d.ts_us.desc(), bytewise(d.url, conn).desc())
+            .limit(1)
+            .correlate(VALUE_DICTIONARY)
+            .scalar_subquery()
         )
-        .order_by(d.ts_us.desc(), bytewise(d.url, conn).desc())
-        .limit(1)
-        .correlate(VALUE_DICTIONARY)
-        .scalar_subquery()
+
+    query = select(VALUE_DICTIONARY.c.id, latest(head(d.url)), latest(char_length(d.url))).where(
+        VALUE_DICTIONARY.c.id.in_(shasum_ids)
     )
-    query = select(VALUE_DICTIONARY.c.id, latest).where(VALUE_DICTIONARY.c.id.in_(shasum_ids))
-    return {value_id: url for value_id, url in conn.execute(query) if url is not None}
+    return {
+        value_id: CappedText(url, length)
+        for value_id, url, length in conn.execute(query)
+        if url is not None
+    }

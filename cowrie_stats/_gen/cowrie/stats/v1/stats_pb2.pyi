@@ -315,14 +315,22 @@ class RankedValue(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    VALUE_TRUNCATED_FIELD_NUMBER: _builtins.int
+    VALUE_LENGTH_FIELD_NUMBER: _builtins.int
     value: _builtins.str
-    """The ranked value (an IP address, username, password or command line)."""
+    """The ranked value (an IP address, username, password or command line):
+    its first 1024 characters (Unicode code points) when it is longer.
+    """
     count: _builtins.int
     """Events counted for the value: login attempts for usernames and
     passwords, command events for commands, sessions for source IPs.
     """
     sessions: _builtins.int
     """Distinct sessions that contributed to the value."""
+    value_truncated: _builtins.bool
+    """True when value holds only the first 1024 characters of the value."""
+    value_length: _builtins.int
+    """Length of the whole value in Unicode code points."""
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp:
         """Timestamp of the first contributing event."""
@@ -339,10 +347,12 @@ class RankedValue(_message.Message):
         sessions: _builtins.int = ...,
         first_seen: _timestamp_pb2.Timestamp | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        value_truncated: _builtins.bool = ...,
+        value_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first_seen", b"first_seen", "last_seen", b"last_seen", "sessions", b"sessions", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first_seen", b"first_seen", "last_seen", b"last_seen", "sessions", b"sessions", "value", b"value", "value_length", b"value_length", "value_truncated", b"value_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,14 +368,26 @@ class Credential(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     SUCCESSES_FIELD_NUMBER: _builtins.int
+    USERNAME_TRUNCATED_FIELD_NUMBER: _builtins.int
+    USERNAME_LENGTH_FIELD_NUMBER: _builtins.int
+    PASSWORD_TRUNCATED_FIELD_NUMBER: _builtins.int
+    PASSWORD_LENGTH_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    """The username as logged."""
+    """The username as logged (its first 1024 characters when longer)."""
     password: _builtins.str
-    """The password as logged."""
+    """The password as logged (its first 1024 characters when longer)."""
     attempts: _builtins.int
     """Login attempts with this pair."""
     successes: _builtins.int
     """Successful login attempts with this pair."""
+    username_truncated: _builtins.bool
+    """True when username holds only the first 1024 characters of the username."""
+    username_length: _builtins.int
+    """Length of the whole username in Unicode code points."""
+    password_truncated: _builtins.bool
+    """True when password holds only the first 1024 characters of the password."""
+    password_length: _builtins.int
+    """Length of the whole password in Unicode code points."""
     def __init__(
         self,
         *,
@@ -373,10 +395,14 @@ class Credential(_message.Message):
         password: _builtins.str = ...,
         attempts: _builtins.int = ...,
         successes: _builtins.int = ...,
+        username_truncated: _builtins.bool = ...,
+        username_length: _builtins.int = ...,
+        password_truncated: _builtins.bool = ...,
+        password_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "password", b"password", "successes", b"successes", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "password", b"password", "password_length", b"password_length", "password_truncated", b"password_truncated", "successes", b"successes", "username", b"username", "username_length", b"username_length", "username_truncated", b"username_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,14 +418,30 @@ class Download(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    SHASUM_TRUNCATED_FIELD_NUMBER: _builtins.int
+    SHASUM_LENGTH_FIELD_NUMBER: _builtins.int
+    URL_TRUNCATED_FIELD_NUMBER: _builtins.int
+    URL_LENGTH_FIELD_NUMBER: _builtins.int
     shasum: _builtins.str
-    """SHA-256 of the file as logged (may be empty when Cowrie logged none)."""
+    """SHA-256 of the file as logged (may be empty when Cowrie logged none; its
+    first 1024 characters when longer).
+    """
     url: _builtins.str
-    """Most recent non-empty URL the file was fetched from; empty when none."""
+    """Most recent non-empty URL the file was fetched from; empty when none (its
+    first 1024 characters when longer).
+    """
     count: _builtins.int
     """Download events of this file."""
     sessions: _builtins.int
     """Distinct sessions that downloaded this file."""
+    shasum_truncated: _builtins.bool
+    """True when shasum holds only the first 1024 characters of the logged shasum."""
+    shasum_length: _builtins.int
+    """Length of the whole logged shasum in Unicode code points."""
+    url_truncated: _builtins.bool
+    """True when url holds only the first 1024 characters of the URL."""
+    url_length: _builtins.int
+    """Length of the whole URL in Unicode code points (0 when there is none)."""
     def __init__(
         self,
         *,
@@ -407,10 +449,14 @@ class Download(_message.Message):
         url: _builtins.str = ...,
         count: _builtins.int = ...,
         sessions: _builtins.int = ...,
+        shasum_truncated: _builtins.bool = ...,
+        shasum_length: _builtins.int = ...,
+        url_truncated: _builtins.bool = ...,
+        url_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "sessions", b"sessions", "shasum", b"shasum", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "sessions", b"sessions", "shasum", b"shasum", "shasum_length", b"shasum_length", "shasum_truncated", b"shasum_truncated", "url", b"url", "url_length", b"url_length", "url_truncated", b"url_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,7 +465,8 @@ Global___Download: _TypeAlias = Download  # noqa: Y015
 @_typing.final
 class GetThreatStatsResponse(_message.Message):
     """GetThreatStatsResponse holds the rankings, ordered by count descending then
-    value ascending (bytewise).
+    value ascending (bytewise, on the whole value even when the answer carries
+    only its first 1024 characters).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

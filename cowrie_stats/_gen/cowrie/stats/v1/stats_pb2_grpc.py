@@ -30,7 +30,10 @@ class CowrieStatsServiceStub:
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     def __init__(self, channel):
@@ -60,7 +63,10 @@ class CowrieStatsServiceServicer:
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     def GetSessionStats(self, request, context):
@@ -116,7 +122,10 @@ class CowrieStatsService:
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     @staticmethod

@@ -31,7 +31,10 @@ class CowrieStatsServiceStub:
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     @_typing.overload
@@ -54,7 +57,10 @@ class CowrieStatsServiceAsyncStub(CowrieStatsServiceStub):
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -73,7 +79,10 @@ class CowrieStatsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CowrieStatsService answers exact statistics questions about ingested Cowrie
     events. Every RPC is read-only and idempotent; callers may retry on
     UNAVAILABLE. Errors carry google.rpc.BadRequest (INVALID_ARGUMENT) or
-    google.rpc.ErrorInfo (all other codes) details.
+    google.rpc.ErrorInfo (all other codes) details. An answer larger than the
+    server's send limit fails with RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE
+    (ask for fewer entries or a narrower window). Text that attackers wrote is
+    cut to its first 1024 characters, with a flag and the whole length beside it.
     """
 
     @_abc_1.abstractmethod
