@@ -30,6 +30,7 @@ def test_defaults() -> None:
 def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cr:et@\n")
+    secret.chmod(0o600)
     settings = load_settings(
         {
             "COWRIE_STATS_DATABASE_URL": "postgresql://stats@db:5432/stats",
