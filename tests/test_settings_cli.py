@@ -281,7 +281,10 @@ def test_urls_are_shown_without_secrets(url: str, shown: str) -> None:
 def test_redact_text_leaves_ordinary_text_alone() -> None:
     for text in ("no url here", "mode=ro key_name=grafana", "user@host", "a=b&c=d"):
         assert redact_text(text) == text
-    assert redact_text("see https://x/?a=1&secret=s&b=2#top") == "see https://x/?a=1&secret=***&b=2#top"
+    assert (
+        redact_text("see https://x/?a=1&secret=s&b=2#top")
+        == "see https://x/?a=1&secret=***&b=2#top"
+    )
 
 
 def test_hosts_default_to_loopback_and_exposure_is_told() -> None:
