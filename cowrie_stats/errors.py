@@ -70,15 +70,16 @@ class InvalidArgumentError(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+    def __init__(self, violations: Sequence[FieldViolation], total: int = 0) -> None:
+        """``total``: how many there were, when ``violations`` holds only the first ones."""
+        total = max(total, len(violations))
         self.violations = [v.shortened() for v in violations[:MAX_VIOLATIONS]]
-        self.unlisted = max(len(violations) - MAX_VIOLATIONS, 0)
+        self.unlisted = total - len(self.violations)
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         if self.unlisted:
             summary += f"; and {self.unlisted} more violations"
         super().__init__(
-            f"invalid request: {summary}",
-            {"violations": str(len(violations))} if self.unlisted else None,
+            f"invalid request: {summary}", {"violations": str(total)} if self.unlisted else None
         )
 
 

@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_scrape import free_port
 
-from cowrie_stats import errors
+from cowrie_stats import errors, validation
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.auth import key_line
 from cowrie_stats.db.engines import create_db_engine
@@ -466,6 +466,19 @@ def test_a_thousand_long_unknown_sensor_names_give_a_small_not_found(
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert _status_size(error) < 4096
     assert str(error.details()).endswith(" characters)")
+
+
+def test_violations_are_counted_not_kept() -> None:
+    request = stats_pb2.GetSensorStatsRequest(sensors=[""] * 200_000)
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        validation.sensor_request(request, validation.Limits())
+    error = caught.value
+    assert len(error.violations) == errors.MAX_VIOLATIONS
+    assert (error.unlisted, error.metadata) == (199_981, {"violations": "200001"})
+    few = errors.InvalidArgumentError([errors.FieldViolation("f" * 500, "d" * 5000)])
+    ((field_, description),) = [(v.field, v.description) for v in few.violations]
+    assert len(field_) == errors.MAX_FIELD_CHARS and field_.endswith("... (500 characters)")
+    assert len(description) == errors.MAX_DESCRIPTION_CHARS and few.metadata == {}
 
 
 # -- 7. idle connections to /metrics -------------------------------------------------------
