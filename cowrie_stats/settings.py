@@ -36,7 +36,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     replica_urls: tuple[str, ...] = ()
-    grpc_host: str = "127.0.0.1"  # loopback unless an operator opens it on purpose
+    grpc_host: str = LOOPBACK  # loopback unless an operator opens it on purpose
     grpc_port: int = 50051
     log_format: str = "text"
     access_log: str = "all"
@@ -62,7 +62,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"  # no authentication: loopback unless opened on purpose
+    metrics_host: str = LOOPBACK  # no authentication: loopback unless opened on purpose
     result_cache_entries: int = 256
     data_version_poll_seconds: float = 1.0
     max_sensors_per_request: int = 1000
