@@ -247,3 +247,17 @@ def test_text_format_keeps_an_explicit_date_format() -> None:
     formatter = TextFormatter("%(asctime)s %(message)s", datefmt="%Y")
     record = logging.makeLogRecord({"msg": "x"})
     assert formatter.format(record) == time.strftime("%Y", time.localtime(record.created)) + " x"
+
+
+def test_cached_exception_text_is_escaped_too() -> None:
+    record = logging.makeLogRecord({"msg": "failed", "exc_text": "Traceback:\n  boom\x1b"})
+    assert TextFormatter("%(message)s").format(record) == (
+        "failed exception=Traceback:\\n  boom\\x1b"
+    )
+
+
+def test_made_up_method_names_are_logged_cut() -> None:
+    assert interceptors.loggable_method("/a/B") == "/a/B"
+    long = "/x/" + "y" * 5000
+    shown = interceptors.loggable_method(long)
+    assert shown == long[: interceptors.MAX_LOGGED_METHOD_CHARS] + "... (5003 characters)"
