@@ -24,6 +24,7 @@ from cowrie_stats.settings import (
     database_location,
     load_env_file,
     load_settings,
+    warn_if_exposed,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from cowrie_stats.server import serve
 
+    warn_if_exposed(settings)  # a listener beyond loopback with neither API keys nor TLS
     return serve(settings)  # also serves metrics when COWRIE_STATS_METRICS_PORT is set
 
 

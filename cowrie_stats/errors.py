@@ -26,12 +26,32 @@ from sqlalchemy import exc as sa_exc
 log = logging.getLogger(__name__)
 
 DOMAIN = "cowrie-stats"
+# An error's size must not grow with the request: 10,000 bad sensor names give
+# the first MAX_VIOLATIONS violations and a count of the rest, each text cut.
+MAX_VIOLATIONS = 20
+MAX_FIELD_CHARS = 100
+MAX_DESCRIPTION_CHARS = 300
+MAX_MESSAGE_CHARS = 2000
+MAX_METADATA_VALUE_CHARS = 1000
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    marker = f"... ({len(text)} characters)"
+    return text[: max(limit - len(marker), 0)] + marker
 
 
 @dataclass(frozen=True)
 class FieldViolation:
     field: str
     description: str
+
+    def shortened(self) -> FieldViolation:
+        return FieldViolation(
+            shorten(self.field, MAX_FIELD_CHARS), shorten(self.description, MAX_DESCRIPTION_CHARS)
+        )
 
 
 class ServiceError(Exception):
@@ -50,10 +70,17 @@ class InvalidArgumentError(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        super().__init__(f"invalid request: {summary}")
-        self.violations = list(violations)
+    def __init__(self, violations: Sequence[FieldViolation], total: int = 0) -> None:
+        """``total``: how many there were, when ``violations`` holds only the first ones."""
+        total = max(total, len(violations))
+        self.violations = [v.shortened() for v in violations[:MAX_VIOLATIONS]]
+        self.unlisted = total - len(self.violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        if self.unlisted:
+            summary += f"; and {self.unlisted} more violations"
+        super().__init__(
+            f"invalid request: {summary}", {"violations": str(total)} if self.unlisted else None
+        )
 
 
 class NotFoundError(ServiceError):
@@ -136,6 +163,10 @@ def _pack(message: Message) -> any_pb2.Any:
 def to_status(error: ServiceError) -> grpc.Status:
     """The ``grpc.Status`` (with google.rpc details) for a service error."""
     details: list[any_pb2.Any] = []
+    metadata = {
+        shorten(key, MAX_FIELD_CHARS): shorten(value, MAX_METADATA_VALUE_CHARS)
+        for key, value in error.metadata.items()
+    }
     if isinstance(error, InvalidArgumentError):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -146,14 +177,13 @@ def to_status(error: ServiceError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
-    else:
-        info = error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=DOMAIN, metadata=error.metadata
-        )
+    if not isinstance(error, InvalidArgumentError) or error.unlisted:
+        # With more violations than listed, ErrorInfo's metadata "violations" has their count.
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
         details.append(_pack(info))
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name),
-        message=error.message,
+        message=shorten(error.message, MAX_MESSAGE_CHARS),
         details=details,
     )
     return rpc_status.to_status(status)

@@ -10,9 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from cowrie_stats import metrics
+from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
 from cowrie_stats.servicer import DATA_LAG
@@ -23,6 +27,45 @@ SLOW_CALL_SECONDS = 1.0  # with COWRIE_STATS_ACCESS_LOG=errors, slower OK calls 
 FLUSH_INTERVAL_SECONDS = 0.05
 MAX_PENDING_LINES = 100_000  # beyond this (handlers stuck), lines are counted and dropped
 _MALFORMED = object()  # stands for a request whose bytes did not decode
+MAX_LOGGED_METHOD_CHARS = 200  # a made-up method name is logged, cut to this
+
+MethodLabels = tuple[str, str, str]  # grpc_type, grpc_service, grpc_method
+UNKNOWN_METHOD: MethodLabels = ("unary", metrics.UNKNOWN, metrics.UNKNOWN)
+SERVED: tuple[ServiceDescriptor, ...] = (
+    stats_pb2.DESCRIPTOR.services_by_name["CowrieStatsService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
+
+
+def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
+    if client_streaming:
+        return "bidi_stream" if server_streaming else "client_stream"
+    return "server_stream" if server_streaming else "unary"
+
+
+def registered_methods(services: tuple[ServiceDescriptor, ...] = SERVED) -> dict[str, MethodLabels]:
+    """Metric labels of every method the server registers, by full path ``/service/method``.
+
+    Labels come from this table only: a path a caller makes up is counted as
+    :data:`UNKNOWN_METHOD`, so strangers cannot add series to ``/metrics``.
+    """
+    return {
+        f"/{service.full_name}/{method.name}": (
+            _grpc_type(method.client_streaming, method.server_streaming),
+            service.full_name,
+            method.name,
+        )
+        for service in services
+        for method in service.methods
+    }
+
+
+def loggable_method(method: str) -> str:
+    """The method as the access log shows it: a made-up one cut to a bounded length."""
+    if len(method) <= MAX_LOGGED_METHOD_CHARS:
+        return method
+    return f"{method[:MAX_LOGGED_METHOD_CHARS]}... ({len(method)} characters)"
 
 
 def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
@@ -116,6 +159,7 @@ class AccessLogInterceptor(Interceptor):
     def __init__(self, mode: str, lines: AccessLog) -> None:
         self.mode = mode
         self.lines = lines
+        self.methods = registered_methods()
 
     def _worth_a_line(self, code: grpc.StatusCode, elapsed: float, lagging: bool) -> bool:
         if self.mode == "all":
@@ -133,6 +177,7 @@ class AccessLogInterceptor(Interceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
+        labels = self.methods.get(method, UNKNOWN_METHOD)
         inner = handler.unary_unary
         deserialize = handler.request_deserializer
 
@@ -146,7 +191,7 @@ class AccessLogInterceptor(Interceptor):
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            metrics.STARTED.labels(method).inc()
+            metrics.STARTED.labels(*labels).inc()
             failed = False
             token = CALLER.set(None)  # pool threads are reused: forget the last caller
             lag_token = DATA_LAG.set(None)
@@ -161,11 +206,11 @@ class AccessLogInterceptor(Interceptor):
             finally:
                 elapsed = time.perf_counter() - started
                 code = _code_of(context, failed)
-                metrics.HANDLED.labels(method, code.name).inc()
-                metrics.HANDLING.labels(method).observe(elapsed)
+                metrics.HANDLED.labels(*labels, code.name).inc()
+                metrics.HANDLING.labels(*labels).observe(elapsed)
                 lag = DATA_LAG.get()
                 if self._worth_a_line(code, elapsed, lag is not None):
-                    self.lines.add(method, code, elapsed, lag)
+                    self.lines.add(loggable_method(method), code, elapsed, lag)
                 CALLER.reset(token)
                 DATA_LAG.reset(lag_token)
 

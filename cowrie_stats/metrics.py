@@ -1,35 +1,45 @@
 """Prometheus metrics (served on COWRIE_STATS_METRICS_PORT when set).
 
-RPC metrics follow the go-grpc-prometheus names and are fed by the access log
-interceptor. Database metrics are read from the live routers when Prometheus
-scrapes (:class:`DatabaseCollector`), so they are never stale and need no
-background updater. Ingest counters live in the process that ingests.
+RPC metrics follow the go-grpc-prometheus names and labels and are fed by the
+access log interceptor; their labels name only methods the server registers
+(anything a stranger makes up is ``unknown``), so their series stay few.
+Database metrics are read from the live routers when Prometheus scrapes
+(:class:`DatabaseCollector`), so they are never stale and need no background
+updater. Ingest counters live in the process that ingests.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from cowrie_stats.db.routing import Endpoint, Router
 
-STARTED = Counter("grpc_server_started", "RPCs started on the server.", ["grpc_method"])
+log = logging.getLogger(__name__)
+
+# The label value of every method the server does not register.
+UNKNOWN = "unknown"
+RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+STARTED = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS)
 HANDLED = Counter(
-    "grpc_server_handled", "RPCs completed on the server.", ["grpc_method", "grpc_code"]
+    "grpc_server_handled", "RPCs completed on the server.", (*RPC_LABELS, "grpc_code")
 )
 HANDLING = Histogram(
     "grpc_server_handling_seconds",
     "Time to handle an RPC.",
-    ["grpc_method"],
+    RPC_LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
@@ -150,14 +160,90 @@ DATABASE = DatabaseCollector()
 REGISTRY.register(DATABASE)
 
 
+# A connection that sends no complete request within this is closed, and at most
+# this many are served at once (each holds a thread); the rest are closed at once.
+IDLE_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 16
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """One request per connection, bounded in time by the server's idle timeout."""
+
+    server: BoundedHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+class BoundedHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    """prometheus_client's thread-per-connection server, with a bound on both.
+
+    Its threads wait on a connection's first line without a timeout, so idle
+    connections pile up one thread each: here a connection waits at most
+    ``idle_timeout`` seconds, and past ``max_connections`` at once a new one is
+    closed without a thread.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], max_connections: int, idle_timeout: float) -> None:
+        infos = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        self.address_family, _, _, _, sockaddr = infos[0]
+        self.idle_timeout = idle_timeout
+        self.refused = 0
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__((str(sockaddr[0]), address[1]), _QuietHandler)
+        self.set_app(make_wsgi_app(REGISTRY))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread was started to give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # What reaches here is the connection's (an idle peer timed out, a reset): the
+        # application's own errors are answered 500 by wsgiref. Not worth a traceback.
+        log.debug("metrics connection closed by an error", exc_info=True)
+
+
 class MetricsServer:
     """The HTTP endpoint Prometheus scrapes (``/metrics``)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self._httpd: WSGIServer
-        self._thread: threading.Thread
-        self._httpd, self._thread = start_http_server(port, addr=host)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+    ) -> None:
+        address = (host.strip().removeprefix("[").removesuffix("]"), port)
+        self._httpd = BoundedHTTPServer(address, max_connections, idle_timeout)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
         self.port = int(self._httpd.server_port)
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at once because ``max_connections`` were open."""
+        return self._httpd.refused
 
     def stop(self) -> None:
         self._httpd.shutdown()

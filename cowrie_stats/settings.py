@@ -7,7 +7,10 @@ a bad value raises :class:`SettingsError` naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +21,9 @@ from sqlalchemy.exc import ArgumentError
 
 PREFIX = "COWRIE_STATS_"
 DEFAULT_DATABASE_URL = "sqlite:///var/cowrie-stats.db"
+LOOPBACK = "127.0.0.1"
+
+log = logging.getLogger("cowrie_stats")
 
 
 class SettingsError(ValueError):
@@ -30,7 +36,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     replica_urls: tuple[str, ...] = ()
-    grpc_host: str = "[::]"
+    grpc_host: str = LOOPBACK  # loopback unless an operator opens it on purpose
     grpc_port: int = 50051
     log_format: str = "text"
     access_log: str = "all"
@@ -56,7 +62,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     metrics_port: int = 0
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods; fenced by policy
+    metrics_host: str = LOOPBACK  # no authentication: loopback unless opened on purpose
     result_cache_entries: int = 256
     # Bytes of the cached answers and their request keys (serialized); an answer over
     # an eighth of it is not kept. 0 turns the cache off, as 0 entries does.
@@ -93,12 +99,40 @@ class Settings:
         return make_url(self.database_url)
 
 
+# Query parameters whose value is a secret, by a part of their name (any case):
+# password, passwd, pwd, sslpassword, secret, client_secret, token, key, apikey ...
+SECRET_PARAMETER_PARTS = ("pass", "pwd", "secret", "token", "key", "credential")
+MASK = "***"
+_SECRET_PARAMETER = re.compile(
+    r"(?P<name>[?&;][^=&;\s#]*?(?:" + "|".join(SECRET_PARAMETER_PARTS) + r")[^=&;\s#]*=)"
+    r"[^&;\s#'\"]*",
+    re.IGNORECASE,
+)
+# scheme://user:password@ -- the password of a URL's userinfo.
+_USERINFO_PASSWORD = re.compile(r"(?P<user>\b[a-z][a-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#@]*@", re.I)
+
+
+def is_secret_parameter(name: str) -> bool:
+    """True for a URL query parameter that carries a secret (``password``, ``sslpassword`` ...)."""
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_PARAMETER_PARTS)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords and secret query parameters masked (exception text, logs)."""
+    if "=" not in text and "@" not in text:  # the common case: nothing to look for
+        return text
+    text = _USERINFO_PASSWORD.sub(lambda m: m["user"] + MASK + "@", text)
+    return _SECRET_PARAMETER.sub(lambda m: m["name"] + MASK, text)
+
+
 def redact_url(url: str | URL) -> str:
-    """The URL with any password masked, safe to log."""
+    """The URL with its password and every secret query parameter masked, safe to show."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        rendered = make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<invalid database URL>"
+    return redact_text(rendered)
 
 
 def database_location(url: str | URL) -> str:
@@ -118,8 +152,26 @@ def database_location(url: str | URL) -> str:
     return redact_url(parsed)
 
 
+def check_private_file(path: Path, variable: str | None = None) -> None:
+    """Refuse a secret file that others may read: one clear line, as for ``.env``.
+
+    A file is private when only its owner may read it, or, owned by root, its group
+    too (PostgreSQL's rule for key files: Kubernetes mounts Secrets root-owned with
+    the pod's fsGroup, mode 0440).
+    """
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    shared = stat.S_IRWXO | (stat.S_IWGRP | stat.S_IXGRP if info.st_uid == 0 else stat.S_IRWXG)
+    if mode & shared:
+        where = f"{variable}: {path}" if variable else str(path)
+        raise SettingsError(
+            f"{where} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
+        )
+
+
 def _read_secret_file(name: str, path: str) -> str:
     try:
+        check_private_file(Path(path), name)
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from exc
@@ -224,6 +276,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if replicas and make_url(primary).get_backend_name() == "sqlite":
         raise SettingsError(f"{PREFIX}REPLICA_URLS: replicas need a PostgreSQL primary")
     tls = (_optional_path(env, "TLS_CERT_FILE"), _optional_path(env, "TLS_KEY_FILE"))
+    if tls[1] is not None:
+        check_private_file(Path(tls[1]), f"{PREFIX}TLS_KEY_FILE")
     if (tls[0] is None) != (tls[1] is None):
         raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
     client_ca = _optional_path(env, "TLS_CLIENT_CA_FILE")
@@ -232,7 +286,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=primary,
         replica_urls=replicas,
-        grpc_host=_raw(env, "GRPC_HOST") or "[::]",
+        grpc_host=_raw(env, "GRPC_HOST") or LOOPBACK,
         grpc_port=_int(env, "GRPC_PORT", 50051, 0, 65535),
         log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
         access_log=_choice(env, "ACCESS_LOG", "all", ACCESS_LOG_CHOICES),
@@ -254,7 +308,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=tls[1],
         tls_client_ca_file=client_ca,
         metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
-        metrics_host=_raw(env, "METRICS_HOST") or "0.0.0.0",  # noqa: S104
+        metrics_host=_raw(env, "METRICS_HOST") or LOOPBACK,
         result_cache_entries=_int(env, "RESULT_CACHE_ENTRIES", 256, 0, 1_000_000),
         result_cache_bytes=_int(env, "RESULT_CACHE_BYTES", 16 * 1024 * 1024, 0, 1 << 40),
         data_version_poll_seconds=_float(env, "DATA_VERSION_POLL_INTERVAL", 1.0, 0.0),
@@ -277,12 +331,7 @@ def load_env_file(path: Path, env: dict[str, str]) -> None:
 
     The file holds secrets, so one readable by group or others is refused.
     """
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SettingsError(
-            f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {path}"
-        )
+    check_private_file(path)
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
@@ -291,3 +340,40 @@ def load_env_file(path: Path, env: dict[str, str]) -> None:
         key = key.removeprefix("export ").strip()
         if key.startswith(PREFIX):
             env.setdefault(key, value.strip().strip("\"'"))
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (a listen address) is reachable from this machine only."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return False
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """Why the gRPC listener is open to strangers, or None when it is not.
+
+    A listener beyond loopback with neither API keys nor TLS lets anyone who can
+    reach the port call the service, and read its answers on the wire.
+    """
+    if is_loopback(settings.grpc_host):
+        return None
+    if settings.api_keys_file is not None or settings.tls_cert_file is not None:
+        return None
+    return (
+        f"gRPC listens on {settings.grpc_host}:{settings.grpc_port}, beyond loopback, without "
+        f"API keys or TLS: anyone who can reach the port may call it and read the answers; "
+        f"set {PREFIX}API_KEYS_FILE and {PREFIX}TLS_CERT_FILE/_KEY_FILE, or "
+        f"{PREFIX}GRPC_HOST={LOOPBACK}"
+    )
+
+
+def warn_if_exposed(settings: Settings) -> bool:
+    """Log :func:`exposure_warning` once, at start; True when it was logged."""
+    warning = exposure_warning(settings)
+    if warning is not None:
+        log.warning(warning)
+    return warning is not None

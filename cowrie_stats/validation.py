@@ -1,7 +1,8 @@
 """Request validation: protobuf requests in, plain validated values out.
 
 All checks of a request run before it is rejected, so one INVALID_ARGUMENT
-lists every field violation at once.
+lists every field violation at once (the first :data:`errors.MAX_VIOLATIONS`
+of them, and how many there were: a request can hold 500,000 bad names).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
-from cowrie_stats.errors import FieldViolation, InvalidArgumentError
+from cowrie_stats.errors import MAX_VIOLATIONS, FieldViolation, InvalidArgumentError
 
 DEFAULT_TOP_N = 10
 MAX_TOP_N = 1000
@@ -20,6 +21,19 @@ MAX_BUCKETS = 10_000
 MAX_SENSOR_NAME = 256
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
+
+
+class Violations(list[FieldViolation]):
+    """Field violations found so far: the first MAX_VIOLATIONS kept, all of them counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, violation: FieldViolation) -> None:
+        self.total += 1
+        if len(self) < MAX_VIOLATIONS:
+            super().append(violation)
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ def _timestamp_us(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * US_PER_SECOND + ts.nanos // 1000
 
 
-def _check_timestamp(name: str, ts: timestamp_pb2.Timestamp, out: list[FieldViolation]) -> None:
+def _check_timestamp(name: str, ts: timestamp_pb2.Timestamp, out: Violations) -> None:
     # google.protobuf.Timestamp is defined for 0001-01-01..9999-12-31.
     if not -62_135_596_800 <= ts.seconds <= 253_402_300_799 or not 0 <= ts.nanos < 10**9:
         out.append(FieldViolation(name, "timestamp out of range"))
@@ -57,7 +71,7 @@ def _window(
     | stats_pb2.GetThreatStatsRequest
     | stats_pb2.GetSensorStatsRequest,
     limits: Limits,
-    out: list[FieldViolation],
+    out: Violations,
 ) -> Window:
     if not request.HasField("time_range"):
         return Window()
@@ -80,7 +94,7 @@ def _window(
 
 
 def _sensors(
-    names: list[str] | tuple[str, ...], limits: Limits, out: list[FieldViolation]
+    names: list[str] | tuple[str, ...], limits: Limits, out: Violations
 ) -> tuple[str, ...]:
     if len(names) > limits.max_sensors:
         out.append(FieldViolation("sensors", f"at most {limits.max_sensors} sensors per request"))
@@ -92,16 +106,16 @@ def _sensors(
     return tuple(dict.fromkeys(names))
 
 
-def _raise_if(violations: list[FieldViolation]) -> None:
+def _raise_if(violations: Violations) -> None:
     if violations:
-        raise InvalidArgumentError(violations)
+        raise InvalidArgumentError(violations, violations.total)
 
 
 def session_request(
     request: stats_pb2.GetSessionStatsRequest, limits: Limits
 ) -> tuple[Filters, int]:
     """Validated filters and bucket width in microseconds (0 = no buckets)."""
-    out: list[FieldViolation] = []
+    out = Violations()
     window = _window(request, limits, out)
     sensors = _sensors(list(request.sensors), limits, out)
     widths = {
@@ -126,7 +140,7 @@ def session_request(
 
 def threat_request(request: stats_pb2.GetThreatStatsRequest, limits: Limits) -> tuple[Filters, int]:
     """Validated filters and top_n."""
-    out: list[FieldViolation] = []
+    out = Violations()
     window = _window(request, limits, out)
     sensors = _sensors(list(request.sensors), limits, out)
     top_n = request.top_n or DEFAULT_TOP_N
@@ -144,7 +158,7 @@ def _duration_us(duration: duration_pb2.Duration) -> int:
 
 def sensor_request(request: stats_pb2.GetSensorStatsRequest, limits: Limits) -> tuple[Filters, int]:
     """Validated filters and stale_after in microseconds."""
-    out: list[FieldViolation] = []
+    out = Violations()
     window = _window(request, limits, out)
     sensors = _sensors(list(request.sensors), limits, out)
     stale_after = DEFAULT_STALE_AFTER_US

@@ -248,14 +248,14 @@ def test_access_log_modes_keep_failures_or_nothing(
     settings = sqlite_db.settings(api_keys_file=str(keys_path), access_log=mode)
     running = start_server(settings)
     caplog.set_level(logging.INFO)
-    method = "/cowrie.stats.v1.CowrieStatsService/GetSensorStats"
-    ok = metrics.HANDLED.labels(method, "OK")._value.get()
+    method = ("unary", "cowrie.stats.v1.CowrieStatsService", "GetSensorStats")
+    ok = metrics.HANDLED.labels(*method, "OK")._value.get()
     _call(running, [("x-api-key", CRON_KEY)])
     _refusal(running)
     running.server.access_log.flush()
     rpcs = access_lines(caplog)
     assert [(r.code, getattr(r, "api_key_name", None)) for r in rpcs] == logged  # type: ignore[attr-defined]
-    assert metrics.HANDLED.labels(method, "OK")._value.get() == ok + 1  # still counted
+    assert metrics.HANDLED.labels(*method, "OK")._value.get() == ok + 1  # still counted
 
 
 def test_rotation_reloads_the_keys_file_without_restart(

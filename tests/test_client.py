@@ -332,6 +332,7 @@ def test_tls_server_name_override(pki: Pki, tmp_path: Path) -> None:
 def test_settings_from_env(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)  # a secret file others may read is refused
     assert ClientSettings.from_env({}) == ClientSettings("localhost:50051")
     assert ClientSettings.from_env({"COWRIE_STATS_GRPC_PORT": "50161"}).target == "localhost:50161"
     settings = ClientSettings.from_env(

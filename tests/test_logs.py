@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 
@@ -14,7 +15,7 @@ from conftest import access_lines
 from cowrie_stats import interceptors
 from cowrie_stats.auth import CALLER
 from cowrie_stats.interceptors import AccessLog
-from cowrie_stats.logs import JsonFormatter, TextFormatter, configure
+from cowrie_stats.logs import JsonFormatter, TextFormatter, configure, escape_control
 
 
 def _record(**extra: object) -> logging.LogRecord:
@@ -175,3 +176,88 @@ def test_dropped_lines_are_counted_exactly_across_threads(
     written = len(access_lines(caplog))
     (dropped,) = _drop_reports(caplog)
     assert written >= 10 and written + dropped == 8 * 5_000
+
+
+# -- hostile text: every field escaped, secrets masked, RFC 3339 times ----------------------
+
+HOSTILE = "a\nb\rc\td\x1b[2Je\x00f\x7fg\x9bh\u2028i\ud800j"
+ESCAPED = "a\\nb\\rc\\td\\x1b[2Je\\x00f\\x7fg\\x9bh\\u2028i\\ud800j"
+
+
+def test_escape_control_covers_c0_c1_separators_and_surrogates() -> None:
+    assert escape_control(HOSTILE) == ESCAPED
+    clean = "plain ünïcode, 名前 and \\n as text"
+    assert escape_control(clean) == clean
+
+
+def test_text_lines_escape_every_field() -> None:
+    record = logging.makeLogRecord(
+        {"name": "cowrie\nstats", "levelname": "INFO", "msg": "got %s", "args": (HOSTILE,)}
+    )
+    record.created = 0.5
+    setattr(record, "field\n", HOSTILE)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record)
+    assert "\n" not in line and "\x1b" not in line and "\ud800" not in line
+    assert line.startswith(f"1970-01-01T00:00:00.500Z INFO cowrie\\nstats: got {ESCAPED} ")
+    assert f" field\\n={ESCAPED} exception=Traceback (most recent call last):\\n" in line
+    assert line.endswith(f"ValueError: {ESCAPED}")
+
+
+def test_json_lines_stay_valid_with_hostile_values_and_rfc3339_time() -> None:
+    record = _record(method=HOSTILE, count=3)
+    record.created = 1_795_000_000.25
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    data = json.loads(line)
+    assert data["method"] == HOSTILE and data["count"] == 3
+    assert data["time"] == "2026-11-18T11:06:40.250Z"
+
+
+def test_stack_info_is_part_of_the_line() -> None:
+    record = logging.makeLogRecord({"msg": "here", "stack_info": "Stack (most recent):\n  x"})
+    assert TextFormatter("%(message)s").format(record) == (
+        "here exception=Stack (most recent):\\n  x"
+    )
+    assert json.loads(JsonFormatter().format(record))["exception"].endswith("\n  x")
+
+
+def test_urls_in_any_field_are_masked() -> None:
+    url = "postgresql://stats:pw1@db/stats?sslmode=require&PASSWORD=pw2&api_key=pw3"
+    record = logging.makeLogRecord({"msg": "cannot reach %s", "args": (url,)})
+    record.target = url
+    record.wrapped = ValueError(url)  # not a string: rendered, then masked
+    try:
+        raise RuntimeError(url)
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    masked = "postgresql://stats:***@db/stats?sslmode=require&PASSWORD=***&api_key=***"
+    text = TextFormatter("%(message)s").format(record)
+    assert "pw1" not in text and "pw2" not in text and "pw3" not in text
+    assert text.startswith(f"cannot reach {masked} target={masked} wrapped={masked} ")
+    data = json.loads(JsonFormatter().format(record))
+    assert data["message"] == f"cannot reach {masked}" and data["target"] == masked
+    assert data["wrapped"] == masked and "pw1" not in data["exception"]
+
+
+def test_text_format_keeps_an_explicit_date_format() -> None:
+    formatter = TextFormatter("%(asctime)s %(message)s", datefmt="%Y")
+    record = logging.makeLogRecord({"msg": "x"})
+    assert formatter.format(record) == time.strftime("%Y", time.localtime(record.created)) + " x"
+
+
+def test_cached_exception_text_is_escaped_too() -> None:
+    record = logging.makeLogRecord({"msg": "failed", "exc_text": "Traceback:\n  boom\x1b"})
+    assert TextFormatter("%(message)s").format(record) == (
+        "failed exception=Traceback:\\n  boom\\x1b"
+    )
+
+
+def test_made_up_method_names_are_logged_cut() -> None:
+    assert interceptors.loggable_method("/a/B") == "/a/B"
+    long = "/x/" + "y" * 5000
+    shown = interceptors.loggable_method(long)
+    assert shown == long[: interceptors.MAX_LOGGED_METHOD_CHARS] + "... (5003 characters)"

@@ -436,6 +436,7 @@ def test_api_key_protected_server(demo: Demo, tmp_path: Path) -> None:
     keys.chmod(0o600)  # the server refuses keys others can read
     key_file = tmp_path / "client.key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)  # a secret file others may read is refused
     with demo_server(tmp_path, api_keys_file=str(keys)) as protected:
 
         async def run() -> None:

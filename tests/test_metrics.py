@@ -20,7 +20,12 @@ from cowrie_stats.auth import key_line
 from cowrie_stats.db.routing import Endpoint, Router
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-SENSOR_STATS = "/cowrie.stats.v1.CowrieStatsService/GetSensorStats"
+# The go-grpc-prometheus labels of GetSensorStats.
+SENSOR_STATS = {
+    "grpc_type": "unary",
+    "grpc_service": "cowrie.stats.v1.CowrieStatsService",
+    "grpc_method": "GetSensorStats",
+}
 TIMEOUT = 5.0
 
 
@@ -73,7 +78,7 @@ def test_rpc_counters_and_histogram_after_ok_and_not_found(
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    method = {"grpc_method": SENSOR_STATS}
+    method = SENSOR_STATS
     assert delta("grpc_server_started_total", **method) == 5
     assert delta("grpc_server_handled_total", **method, grpc_code="OK") == 3
     assert delta("grpc_server_handled_total", **method, grpc_code="NOT_FOUND") == 2
@@ -106,7 +111,7 @@ def test_refused_calls_are_counted_as_unauthenticated(
     )
     after = _scrape(port)
     for code in ("UNAUTHENTICATED", "OK"):
-        labels = {"grpc_method": SENSOR_STATS, "grpc_code": code}
+        labels = {**SENSOR_STATS, "grpc_code": code}
         got = _value(after, "grpc_server_handled_total", **labels)
         assert got - _value(before, "grpc_server_handled_total", **labels) == 1
 

@@ -233,6 +233,7 @@ def test_api_key_from_option_or_environment(
 ) -> None:
     key_file = tmp_path / "client.key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)  # a secret file others may read is refused
     with demo_server(tmp_path, api_keys_file=str(_keys(tmp_path))) as demo:
         base = ["query", "sensors", "--target", demo.target]
         status, _, err = run(capsys, *base)
@@ -375,6 +376,7 @@ def test_healthcheck_sends_an_api_key_when_health_is_closed(
 ) -> None:
     key_file = tmp_path / "client.key"
     key_file.write_text(KEY, encoding="utf-8")
+    key_file.chmod(0o600)
     keys = _keys(tmp_path)
     with demo_server(tmp_path, api_keys_file=str(keys), open_methods_without_key=False) as demo:
         status, _, err = run(capsys, "healthcheck", "--address", demo.target)

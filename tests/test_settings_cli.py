@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,16 @@ from conftest import Database, StartServer
 from cowrie_stats import __version__
 from cowrie_stats.cli import main
 from cowrie_stats.sample import write_sample
-from cowrie_stats.settings import SettingsError, load_env_file, load_settings, redact_url
+from cowrie_stats.settings import (
+    SettingsError,
+    exposure_warning,
+    is_loopback,
+    load_env_file,
+    load_settings,
+    redact_text,
+    redact_url,
+    warn_if_exposed,
+)
 
 
 def test_defaults() -> None:
@@ -30,6 +40,7 @@ def test_defaults() -> None:
 def test_postgres_urls_password_file_and_replicas(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cr:et@\n")
+    secret.chmod(0o600)
     settings = load_settings(
         {
             "COWRIE_STATS_DATABASE_URL": "postgresql://stats@db:5432/stats",
@@ -240,3 +251,75 @@ def test_cli_in_process(
     (tmp_path / ".env").chmod(0o600)
     monkeypatch.delenv("COWRIE_STATS_GRPC_PORT", raising=False)
     assert main(["migrate"]) == 2  # the private .env is read, and its bad value refused
+
+
+# -- exposure: masked URLs, loopback defaults, private secret files -------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cr3t@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://u@h/db?Password=s3cr3t&PWD=s3cr3t&passwd=s3cr3t&sslmode=require",
+            "postgresql://u@h/db?PWD=***&Password=***&passwd=***&sslmode=require",
+        ),
+        (
+            "postgresql://h/db?sslpassword=s3cr3t&client_secret=s3cr3t&token=s3cr3t&sslkey=/k"
+            "&application_name=a",
+            "postgresql://h/db?application_name=a&client_secret=***&sslkey=***&sslpassword=***"
+            "&token=***",
+        ),
+    ],
+)
+def test_urls_are_shown_without_secrets(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    in_text = redact_text(f"failed: {url}; retrying")
+    assert "s3cr3t" not in in_text and in_text.endswith("; retrying")
+
+
+def test_redact_text_leaves_ordinary_text_alone() -> None:
+    for text in ("no url here", "mode=ro key_name=grafana", "user@host", "a=b&c=d"):
+        assert redact_text(text) == text
+    assert (
+        redact_text("see https://x/?a=1&secret=s&b=2#top")
+        == "see https://x/?a=1&secret=***&b=2#top"
+    )
+
+
+def test_hosts_default_to_loopback_and_exposure_is_told() -> None:
+    settings = load_settings({})
+    assert (settings.grpc_host, settings.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    assert exposure_warning(settings) is None
+    for host in ("localhost", "::1", "[::1]", "127.0.0.2"):
+        assert is_loopback(host) and exposure_warning(replace(settings, grpc_host=host)) is None
+    for host in ("[::]", "0.0.0.0", "", "10.0.0.5", "stats.example.net"):
+        assert not is_loopback(host)
+    opened = replace(settings, grpc_host="[::]")
+    warning = exposure_warning(opened)
+    assert warning is not None and warning.startswith("gRPC listens on [::]:50051, beyond")
+    assert exposure_warning(replace(opened, api_keys_file="/keys")) is None
+    assert exposure_warning(replace(opened, tls_cert_file="/c", tls_key_file="/k")) is None
+
+
+def test_warn_if_exposed_logs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings({"COWRIE_STATS_GRPC_HOST": "0.0.0.0"})
+    assert warn_if_exposed(settings)
+    assert not warn_if_exposed(load_settings({}))
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "without API keys or TLS" in record.getMessage()
+
+
+def test_tls_key_file_must_be_private(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    key.chmod(0o640)
+    env = {"COWRIE_STATS_TLS_CERT_FILE": str(cert), "COWRIE_STATS_TLS_KEY_FILE": str(key)}
+    if os.geteuid() == 0:  # root-owned: its group may read it
+        assert load_settings(env).tls_key_file == str(key)
+        key.chmod(0o604)
+    with pytest.raises(SettingsError, match=r"TLS_KEY_FILE: .* is readable by group or others"):
+        load_settings(env)
+    key.chmod(0o600)
+    assert load_settings(env).tls_key_file == str(key)

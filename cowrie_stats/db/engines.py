@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from cowrie_stats.errors import DeadlineExceededError
-from cowrie_stats.settings import Settings
+from cowrie_stats.settings import Settings, is_secret_parameter
 
 DEADLINE_KEY = "cowrie_stats_deadline"
 # libpq (and psycopg) round any connect timeout below 2 s up to 2 s.
@@ -36,13 +36,27 @@ def create_db_engine(url: str, settings: Settings, writer: bool = False) -> Engi
     transaction begins, so a batch's "already stored?" check and its inserts
     see the same database even with several ingests at once.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, writer)
+    parsed, secrets = split_secret_parameters(make_url(url))
+    if parsed.get_backend_name() == "sqlite":  # a file has no password: nothing to pass on
+        engine = _sqlite_engine(parsed, writer)
     else:
-        engine = _postgresql_engine(url, settings)
+        engine = _postgresql_engine(parsed, settings, secrets)
     event.listen(engine, "before_cursor_execute", _check_deadline)
     return engine
+
+
+def split_secret_parameters(url: URL) -> tuple[URL, dict[str, str]]:
+    """``url`` without its secret query parameters (``?password=``...), and those apart.
+
+    The driver gets them as connect arguments, which is what SQLAlchemy would do
+    with them anyway; kept out of ``engine.url``, they cannot reach a log line,
+    a metric label or an exception text that shows the engine or its URL.
+    """
+    secrets = {k: v for k, v in url.query.items() if is_secret_parameter(k)}
+    if not secrets:
+        return url, {}
+    values = {k: v if isinstance(v, str) else v[-1] for k, v in secrets.items()}
+    return url.difference_update_query(list(secrets)), values
 
 
 @contextmanager
@@ -71,7 +85,7 @@ def _check_deadline(conn: Connection, *_args: object) -> None:
         raise DeadlineExceededError("the request deadline passed; remaining queries skipped")
 
 
-def _postgresql_engine(url: str, settings: Settings) -> Engine:
+def _postgresql_engine(url: URL, settings: Settings, secrets: dict[str, str]) -> Engine:
     engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -82,6 +96,7 @@ def _postgresql_engine(url: str, settings: Settings) -> Engine:
         connect_args={
             "connect_timeout": settings.db_connect_timeout_seconds,
             "application_name": "cowrie-stats",
+            **secrets,
         },
     )
 
@@ -97,10 +112,9 @@ def _postgresql_engine(url: str, settings: Settings) -> Engine:
     return engine
 
 
-def _sqlite_engine(url: str, writer: bool) -> Engine:
-    parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_engine(url: URL, writer: bool) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
     else:
         engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
