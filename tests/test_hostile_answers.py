@@ -24,7 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from test_crosscheck import check_threat_stats
 
-from cowrie_stats import metrics, query
+from cowrie_stats import SERVICE_NAME, metrics, query
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.cache import MAX_ENTRY_SHARE
 from cowrie_stats.capping import MAX_TEXT_CHARS
@@ -178,7 +178,8 @@ def test_default_threat_stats_answers_with_capped_values_and_exact_figures(
 
 
 def _handled(code: str) -> float:
-    return float(metrics.HANDLED.labels(THREATS, code)._value.get())
+    labels = ("unary", SERVICE_NAME, THREATS.rsplit("/", 1)[1], code)
+    return float(metrics.HANDLED.labels(*labels)._value.get())
 
 
 def test_an_answer_over_the_send_limit_fails_as_resource_exhausted_and_is_recorded_so(

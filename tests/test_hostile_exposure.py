@@ -158,7 +158,7 @@ def serve_process(**env: str) -> Iterator[ServeProcess]:
     """``cowrie-stats serve`` on a free port; its stderr lines collected as they come."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cowrie_stats.cli", "serve"],
-        env=_clean_env(COWRIE_STATS_GRPC_PORT="0", **env),
+        env=_clean_env(COWRIE_STATS_GRPC_PORT="0", COWRIE_STATS_PROBE_PORT="0", **env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -173,7 +173,7 @@ def serve_process(**env: str) -> Iterator[ServeProcess]:
         for line in process.stderr:
             running.lines.append(line)
             found = re.search(r'"?port"?[=:] ?(\d+)', line) if "serving" in line else None
-            if found:
+            if found and not started.is_set():  # the gRPC port, logged first
                 running.port = int(found.group(1))
                 started.set()
 
@@ -208,9 +208,11 @@ def test_control_characters_in_a_method_name_stay_escaped_in_one_text_line(
     assert "\x1b" not in text and "\r" not in text and "\x07" not in text and "\x9b" not in text
     assert all(RFC3339.match(line) for line in lines), lines  # every line is a record
     hostile = [line for line in lines if "forged" in line]
-    # The access-log line of each call, and the auth warning for the wrong key: each one
-    # line, with the newline and the escape sequence written out.
-    assert len(hostile) == 3, hostile
+    # The access-log line of each call, and the refusal warning of each kind (no key, a
+    # wrong key): each one line, with the newline and the escape sequence written out.
+    assert len(hostile) == 4, hostile
+    refusals = [line for line in hostile if line.split(" ")[2] == "cowrie_stats.guard:"]
+    assert len(refusals) == 2, hostile
     for line in hostile:
         assert "Call\\n2026-01-01T00:00:00.000Z INFO" in line
         assert "\\r\\x1b[2J\\x07\\x9b/X" in line

@@ -482,6 +482,7 @@ def test_healthcheck_asks_the_probe_listener(
     assert refused[0] != 0 and "UNAUTHENTICATED" in refused[2].upper()
     key_file = tmp_path / "client-key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)  # a secret file others can read is refused
     status = in_process(
         "healthcheck", COWRIE_STATS_GRPC_PORT=port, COWRIE_STATS_API_KEY_FILE=str(key_file)
     )
