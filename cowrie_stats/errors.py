@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -33,6 +35,31 @@ MAX_FIELD_CHARS = 100
 MAX_DESCRIPTION_CHARS = 300
 MAX_MESSAGE_CHARS = 2000
 MAX_METADATA_VALUE_CHARS = 1000
+
+# Every call has a request id: the caller's own ``x-request-id`` when it is a short
+# token, else a new one. It is in the access-log line and goes back to the caller in
+# the ``x-request-id`` response header (a trailer when the call fails), so one id
+# finds the call in the server log.
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID: ContextVar[str | None] = ContextVar("cowrie_stats_request_id", default=None)
+# The fields an INVALID_ARGUMENT was about, for the access log.
+VIOLATED_FIELDS: ContextVar[tuple[str, ...]] = ContextVar(
+    "cowrie_stats_violated_fields", default=()
+)
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``x-request-id`` when it is a token of at most 64 safe characters.
+
+    Anything else (missing, longer, other characters: it lands in logs) gets a new id.
+    """
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            if _CALLER_REQUEST_ID.fullmatch(value):
+                return value
+            break
+    return uuid.uuid4().hex
 
 
 def shorten(text: str, limit: int) -> str:
@@ -149,7 +176,7 @@ def translate(error: BaseException) -> ServiceError:
     known = classify(error)
     if known is not None:
         return known
-    request_id = uuid.uuid4().hex
+    request_id = REQUEST_ID.get() or uuid.uuid4().hex
     log.error("unexpected error (request_id=%s)", request_id, exc_info=error)
     return ServiceError("internal error", {"request_id": request_id})
 
@@ -189,10 +216,27 @@ def to_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class _StatusWithRequestId(_Status, grpc.Status):
+    """A ``grpc.Status`` whose trailers also carry the call's request id."""
+
+
 def abort(context: grpc.ServicerContext, error: BaseException) -> None:
     """Abort the RPC with the status for ``error`` (raises, as grpc does)."""
     service_error = translate(error)
-    context.abort_with_status(to_status(service_error))
+    if isinstance(service_error, InvalidArgumentError):
+        VIOLATED_FIELDS.set(tuple(v.field for v in service_error.violations))
+    status = to_status(service_error)
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        trailers = (*status.trailing_metadata, (REQUEST_ID_HEADER, request_id))
+        status = _StatusWithRequestId(status.code, status.details, trailers)
+    context.abort_with_status(status)
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])

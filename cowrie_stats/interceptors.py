@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -18,8 +18,16 @@ from grpc_reflection.v1alpha import reflection_pb2
 from cowrie_stats import metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
-from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
-from cowrie_stats.servicer import DATA_LAG
+from cowrie_stats.errors import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    VIOLATED_FIELDS,
+    FieldViolation,
+    InvalidArgumentError,
+    abort,
+    request_id_of,
+)
+from cowrie_stats.servicer import DATA_LAG, DATA_LAG_HEADER
 from cowrie_stats.settings import Settings
 
 log = logging.getLogger("cowrie_stats.access")
@@ -68,6 +76,20 @@ def loggable_method(method: str) -> str:
     return f"{method[:MAX_LOGGED_METHOD_CHARS]}... ({len(method)} characters)"
 
 
+class Call(NamedTuple):
+    """What the access log says of one call."""
+
+    when: float
+    method: str
+    code: str
+    elapsed: float
+    peer: str
+    request_id: str
+    caller: str | None = None
+    data_lag: str | None = None
+    violated_fields: tuple[str, ...] = ()
+
+
 def _code_of(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
     code = context.code()  # type: ignore[attr-defined]
     if isinstance(code, grpc.StatusCode):
@@ -88,47 +110,47 @@ class AccessLog:
     def __init__(self, interval: float = FLUSH_INTERVAL_SECONDS) -> None:
         self.interval = interval
         self.dropped = 0
-        self._pending: deque[tuple[float, str, str, float, str | None, str | None]] = deque()
+        self._pending: deque[Call] = deque()
         self._flushing = threading.Lock()
         self._dropping = threading.Lock()  # only taken when lines are dropped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(
-        self, method: str, code: grpc.StatusCode, elapsed: float, data_lag: str | None = None
-    ) -> None:
+    def add(self, call: Call) -> None:
         if not log.isEnabledFor(logging.INFO):  # COWRIE_STATS_LOG_LEVEL above INFO
             return
         if len(self._pending) >= MAX_PENDING_LINES:
             with self._dropping:  # += is not atomic across threads
                 self.dropped += 1
             return
-        self._pending.append((time.time(), method, code.name, elapsed, CALLER.get(), data_lag))
+        self._pending.append(call)
 
     def flush(self) -> None:
         with self._flushing:
             while self._pending:
-                self._emit(*self._pending.popleft())
+                self._emit(self._pending.popleft())
             with self._dropping:
                 dropped, self.dropped = self.dropped, 0
             if dropped:
                 log.warning("access log lines dropped", extra={"lines": dropped})
 
     @staticmethod
-    def _emit(
-        when: float, method: str, code: str, elapsed: float, caller: str | None, lag: str | None
-    ) -> None:
+    def _emit(call: Call) -> None:
         extra: dict[str, Any] = {
-            "method": method,
-            "code": code,
-            "duration_ms": round(elapsed * 1000, 2),
+            "method": call.method,
+            "code": call.code,
+            "duration_ms": round(call.elapsed * 1000, 2),
+            "peer": call.peer,
+            "request_id": call.request_id,
         }
-        if caller is not None:
-            extra["api_key_name"] = caller
-        if lag is not None:
-            extra["data_lag_seconds"] = lag
+        if call.caller is not None:
+            extra["api_key_name"] = call.caller
+        if call.data_lag is not None:
+            extra["data_lag_seconds"] = call.data_lag
+        if call.violated_fields:
+            extra["fields"] = ",".join(call.violated_fields)
         record = log.makeRecord(log.name, logging.INFO, __file__, 0, "rpc", (), None, extra=extra)
-        record.created, record.msecs = when, (when - int(when)) * 1000
+        record.created, record.msecs = call.when, (call.when - int(call.when)) * 1000
         log.handle(record)
 
     def start(self) -> None:
@@ -148,7 +170,10 @@ class AccessLog:
 
 
 class AccessLogInterceptor(Interceptor):
-    """Logs method, status code, duration, API key name and data lag of unary calls; counts them.
+    """Logs and counts unary calls; gives each a request id, sent back as a response header.
+
+    A line has method, code, duration, peer address, request id, API key name,
+    data lag and, for INVALID_ARGUMENT, the violated fields.
 
     It is the outermost interceptor, so calls refused by the API key check are
     logged and counted too. The key's name is read from :data:`auth.CALLER`,
@@ -193,13 +218,20 @@ class AccessLogInterceptor(Interceptor):
             started = time.perf_counter()
             metrics.STARTED.labels(*labels).inc()
             failed = False
-            token = CALLER.set(None)  # pool threads are reused: forget the last caller
-            lag_token = DATA_LAG.set(None)
+            request_id = request_id_of(context.invocation_metadata())
+            tokens = (
+                CALLER.set(None),  # pool threads are reused: forget the last caller
+                DATA_LAG.set(None),
+                REQUEST_ID.set(request_id),
+                VIOLATED_FIELDS.set(()),
+            )
             try:
                 if request is _MALFORMED:
                     violation = FieldViolation("request", "the message does not decode")
                     abort(context, InvalidArgumentError([violation]))
-                return inner(request, context)
+                response = inner(request, context)
+                context.send_initial_metadata(_response_headers(request_id))
+                return response
             except BaseException:
                 failed = True
                 raise
@@ -210,15 +242,28 @@ class AccessLogInterceptor(Interceptor):
                 metrics.HANDLING.labels(*labels).observe(elapsed)
                 lag = DATA_LAG.get()
                 if self._worth_a_line(code, elapsed, lag is not None):
-                    self.lines.add(loggable_method(method), code, elapsed, lag)
-                CALLER.reset(token)
-                DATA_LAG.reset(lag_token)
+                    call = Call(
+                        time.time(), loggable_method(method), code.name, elapsed,
+                        context.peer(), request_id, CALLER.get(), lag, VIOLATED_FIELDS.get(),
+                    )  # fmt: skip
+                    self.lines.add(call)
+                for var, token in zip(_CALL_VARS, tokens, strict=True):
+                    var.reset(token)  # type: ignore[attr-defined]
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
             request_deserializer=tolerant_deserialize,
             response_serializer=handler.response_serializer,
         )
+
+
+_CALL_VARS = (CALLER, DATA_LAG, REQUEST_ID, VIOLATED_FIELDS)
+
+
+def _response_headers(request_id: str) -> tuple[tuple[str, str], ...]:
+    lag = DATA_LAG.get()
+    headers = ((REQUEST_ID_HEADER, request_id),)
+    return headers if lag is None else (*headers, (DATA_LAG_HEADER, lag))
 
 
 def build_interceptors(settings: Settings, access_log: AccessLog) -> list[Interceptor]:

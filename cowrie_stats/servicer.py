@@ -179,7 +179,7 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
             else:
                 self._remember(request_key, work)
                 answer = self._cached_at(known, request_key, work, timeout)
-        report_lag(context, answer.lag_seconds)
+        report_lag(answer.lag_seconds)
         return answer.value
 
     def _remember(self, request_key: RequestKey, work: Callable[[Connection], Any]) -> None:
@@ -277,10 +277,11 @@ def entry_bytes(request_key: RequestKey, answer: Answer[Sized[Any]]) -> int:
     return answer.value.size + len(request_key[1])
 
 
-def report_lag(context: grpc.ServicerContext, lag_seconds: float | None) -> None:
-    """Tell the caller (a response header) and the access log that a lagging replica answered."""
-    if lag_seconds is None:
-        return
-    value = describe_lag(lag_seconds)
-    DATA_LAG.set(value)
-    context.send_initial_metadata(((DATA_LAG_HEADER, value),))
+def report_lag(lag_seconds: float | None) -> None:
+    """Tell the caller and the access log that a lagging replica answered.
+
+    The access-log interceptor sends it as the ``x-cowrie-data-lag-seconds`` response
+    header, with the request id (initial metadata is sent once per call).
+    """
+    if lag_seconds is not None:
+        DATA_LAG.set(describe_lag(lag_seconds))

@@ -181,6 +181,21 @@ def in_process(
     return run
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``cowrie-stats`` run does to the root logger.
+
+    ``main()`` installs a handler on the stderr of its moment, which pytest closes
+    after the test; a background thread of a later test (the access log) would
+    write to the closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """The access-log records ("rpc" lines of logger cowrie_stats.access) caught so far."""
     return [r for r in caplog.records if r.name == "cowrie_stats.access" and r.msg == "rpc"]

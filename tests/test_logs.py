@@ -13,8 +13,7 @@ import pytest
 from conftest import access_lines
 
 from cowrie_stats import interceptors
-from cowrie_stats.auth import CALLER
-from cowrie_stats.interceptors import AccessLog
+from cowrie_stats.interceptors import AccessLog, Call
 from cowrie_stats.logs import JsonFormatter, TextFormatter, configure, escape_control
 
 
@@ -61,14 +60,16 @@ def test_configure_installs_one_handler(fmt: str, kind: type) -> None:
         root.setLevel(level)
 
 
+def call(method: str, code: grpc.StatusCode, elapsed: float, caller: str | None = None) -> Call:
+    return Call(time.time(), method, code.name, elapsed, "ipv4:127.0.0.1:5000", "r-1", caller)
+
+
 def test_access_lines_keep_call_time_order_and_caller(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     lines = AccessLog(interval=3600)  # flushed by hand here
     before = time.time()
-    lines.add("/x/A", grpc.StatusCode.OK, 0.0015)
-    token = CALLER.set("grafana")
-    lines.add("/x/B", grpc.StatusCode.NOT_FOUND, 0.25)
-    CALLER.reset(token)
+    lines.add(call("/x/A", grpc.StatusCode.OK, 0.0015))
+    lines.add(call("/x/B", grpc.StatusCode.NOT_FOUND, 0.25, caller="grafana"))
     time.sleep(0.05)
     assert access_lines(caplog) == []  # nothing written by the serving thread
     lines.flush()
@@ -87,12 +88,12 @@ def test_access_log_thread_writes_and_close_writes_the_rest(
     caplog.set_level(logging.INFO)
     lines = AccessLog(interval=0.01)
     lines.start()
-    lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+    lines.add(call("/x/A", grpc.StatusCode.OK, 0.001))
     deadline = time.monotonic() + 5
     while not access_lines(caplog) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(access_lines(caplog)) == 1
-    lines.add("/x/B", grpc.StatusCode.OK, 0.001)
+    lines.add(call("/x/B", grpc.StatusCode.OK, 0.001))
     lines.close()
     assert [r.method for r in access_lines(caplog)] == ["/x/A", "/x/B"]  # type: ignore[attr-defined]
     assert not any(t.name == "access-log" for t in threading.enumerate())
@@ -116,7 +117,7 @@ def test_access_lines_past_the_bound_are_counted_not_kept(
 ) -> None:
     lines = _bounded(2, caplog, monkeypatch)
     for _ in range(5):
-        lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+        lines.add(call("/x/A", grpc.StatusCode.OK, 0.001))
     lines.flush()
     assert len(access_lines(caplog)) == 2
     assert _drop_reports(caplog) == [3]
@@ -144,11 +145,11 @@ def test_access_lines_follow_the_log_level() -> None:
     try:
         root.setLevel(logging.WARNING)
         lines = AccessLog(interval=3600)
-        lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+        lines.add(call("/x/A", grpc.StatusCode.OK, 0.001))
         lines.flush()
         assert seen == []
         root.setLevel(logging.INFO)
-        lines.add("/x/B", grpc.StatusCode.OK, 0.001)
+        lines.add(call("/x/B", grpc.StatusCode.OK, 0.001))
         lines.flush()
         assert [r.method for r in seen] == ["/x/B"]  # type: ignore[attr-defined]
     finally:
@@ -163,7 +164,7 @@ def test_dropped_lines_are_counted_exactly_across_threads(
 
     def add_many() -> None:
         for _ in range(5_000):
-            lines.add("/x/A", grpc.StatusCode.OK, 0.001)
+            lines.add(call("/x/A", grpc.StatusCode.OK, 0.001))
 
     threads = [threading.Thread(target=add_many) for _ in range(8)]
     for thread in threads:

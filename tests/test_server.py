@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from conftest import REPO, Database, RunningServer, StartServer
+from conftest import REPO, Database, RunningServer, StartServer, access_lines
 from google.protobuf import descriptor_pool, message_factory
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -129,6 +129,47 @@ def test_unexpected_error_is_internal_without_details(
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     assert len(info.metadata["request_id"]) == 32
+    trailers = dict(cast(grpc.Call, caught.value).trailing_metadata() or ())
+    assert trailers["x-request-id"] == info.metadata["request_id"]
+
+
+def test_every_call_has_a_request_id_a_peer_and_its_violated_fields_in_the_log(
+    loaded: Database, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = start_server(loaded.settings(access_log="all"))
+    stub = running.stub
+    _, call = stub.GetSessionStats.with_call(stats_pb2.GetSessionStatsRequest())
+    issued = dict(call.initial_metadata())["x-request-id"]
+    assert len(issued) == 32
+    _, call = stub.GetSessionStats.with_call(
+        stats_pb2.GetSessionStatsRequest(), metadata=(("x-request-id", "dashboard-7.a:1"),)
+    )
+    assert dict(call.initial_metadata())["x-request-id"] == "dashboard-7.a:1"
+    # Not a short token (it would land in logs as it is): replaced by a new id.
+    _, call = stub.GetSessionStats.with_call(
+        stats_pb2.GetSessionStatsRequest(), metadata=(("x-request-id", "not a token " + "x" * 80),)
+    )
+    replaced = dict(call.initial_metadata())["x-request-id"]
+    assert len(replaced) == 32 and replaced != issued
+    bad = stats_pb2.GetThreatStatsRequest(sensors=["", "x" * 300], top_n=5000)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetThreatStats(bad, metadata=(("x-request-id", "bad-call"),))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        dict(cast(grpc.Call, caught.value).trailing_metadata() or ())["x-request-id"] == "bad-call"
+    )
+    running.server.access_log.flush()
+    lines = [vars(r) for r in access_lines(caplog)]
+    assert [line["request_id"] for line in lines] == [
+        issued,
+        "dashboard-7.a:1",
+        replaced,
+        "bad-call",
+    ]
+    assert all(line["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:")) for line in lines)
+    assert "fields" not in lines[0]
+    assert set(lines[-1]["fields"].split(",")) == {"sensors[0]", "sensors[1]", "top_n"}
 
 
 def _free_port() -> int:
