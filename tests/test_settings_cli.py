@@ -86,10 +86,10 @@ def test_bad_values_are_refused_with_the_variable_name(env: dict[str, str], mess
 def test_booleans() -> None:
     assert not load_settings(
         {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "off"}
-    ).open_methods_without_key
+    ).open_health_and_reflection
     assert load_settings(
         {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "yes"}
-    ).open_methods_without_key
+    ).open_health_and_reflection
 
 
 def test_env_file_must_be_private(tmp_path: Path) -> None:
