@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,14 +44,15 @@ class SettingsError(ValueError):
 # -- parsers: text of a variable -> typed value, or one line naming the variable ----------
 
 
-class Parser(Generic[T_co]):
-    """Turns a variable's text into its value; ``describe`` is its range for the docs."""
+class Parser(ABC, Generic[T_co]):
+    """Turns a variable's text into its value; ``describe`` is its allowed range, if any."""
 
     #: Whether the value may come from a ``*_FILE`` twin (file paths are read as given).
     file_variant = True
 
+    @abstractmethod
     def parse(self, variable: str, raw: str) -> T_co:
-        raise NotImplementedError
+        """The value, or SettingsError: one line naming ``variable``."""
 
     def describe(self) -> str:
         return ""
@@ -109,9 +111,6 @@ class Choice(Parser[str]):
             raise SettingsError(f"{variable}: {stripped!r} is not one of {', '.join(self.choices)}")
         return value
 
-    def describe(self) -> str:
-        return ", ".join(self.choices)
-
 
 @dataclass(frozen=True)
 class Flag(Parser[bool]):
@@ -121,9 +120,6 @@ class Flag(Parser[bool]):
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise SettingsError(f"{variable}: expected true or false, got {raw!r}")
-
-    def describe(self) -> str:
-        return "true, false"
 
 
 @dataclass(frozen=True)

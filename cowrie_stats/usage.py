@@ -31,10 +31,11 @@ def help_row(name: str, meaning: str) -> str:
 
 
 def setting_line(row: SettingRow) -> str:
-    """One setting: variable (``/ _FILE`` for a secret), help, default."""
+    """One setting: variable (``/ _FILE`` for a secret), help, default and range."""
     name = row.variable + (" / _FILE" if row.spec.secret else "")
-    default = f" (default {row.shown_default})" if row.shown_default else ""
-    return help_row(name, row.spec.help + default)
+    default = f"default {row.shown_default}" if row.shown_default else ""
+    bounds = ", ".join(part for part in (default, row.spec.parser.describe()) if part)
+    return help_row(name, f"{row.spec.help} ({bounds})" if bounds else row.spec.help)
 
 
 def environment(command: str, *extra: str) -> str:
