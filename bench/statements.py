@@ -34,7 +34,7 @@ from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.settings import Settings
 from testkit.pgcluster import PgCluster
 
-LIMITS = validation.Limits(max_sensors=1000, max_window_days=3660)
+LIMITS = validation.Limits()
 STATEMENT_LABEL_CHARS = 110
 
 

@@ -46,7 +46,7 @@ from grpc_status import rpc_status
 from cowrie_stats import SERVICE_NAME, api
 from cowrie_stats.capping import MAX_TEXT_CHARS
 from cowrie_stats.errors import FieldViolation
-from cowrie_stats.settings import PREFIX, SettingsError, _bool, _int, _raw
+from cowrie_stats.settings import PREFIX, SETTING_ROWS, SettingsError, _bool, _raw
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -290,7 +290,7 @@ class ClientSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
         """Settings from ``env`` (default os.environ); SettingsError names a wrong variable."""
         env = os.environ if env is None else env
-        port = _int(env, "GRPC_PORT", 50051, 0, 65535)
+        port = SETTING_ROWS["grpc_port"].read(env)  # the server's port, as it reads it
         return cls(
             target=_raw(env, "TARGET") or f"localhost:{port}",
             api_key=_raw(env, "API_KEY"),

@@ -272,7 +272,7 @@ def build_interceptors(settings: Settings, access_log: AccessLog) -> list[Interc
     Raises SettingsError when the API keys file is unreadable or malformed.
     """
     interceptors: list[Interceptor] = [AccessLogInterceptor(settings.access_log, access_log)]
-    auth = build_auth_interceptor(settings.api_keys_file, settings.open_methods_without_key)
+    auth = build_auth_interceptor(settings.api_keys_file, settings.open_health_and_reflection)
     if auth is not None:
         interceptors.append(auth)
     return interceptors

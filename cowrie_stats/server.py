@@ -125,10 +125,10 @@ class StatsServer:
             max_response_bytes=send_limit(settings),
         )
         self.versions: DataVersionWatch | None = None
-        if cache is not None and settings.data_version_poll_seconds > 0:
+        if cache is not None and settings.data_version_poll_interval > 0:
             servicer.versions = self.versions = DataVersionWatch(
-                lambda: self.router.run_read(data_version, settings.data_version_poll_seconds),
-                settings.data_version_poll_seconds,
+                lambda: self.router.run_read(data_version, settings.data_version_poll_interval),
+                settings.data_version_poll_interval,
                 before_publishing=servicer.warm,
             )
         stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(servicer, self.server)

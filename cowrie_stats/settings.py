@@ -1,8 +1,14 @@
 """Typed settings read from ``COWRIE_STATS_*`` environment variables.
 
-Every secret-bearing variable has a ``*_FILE`` twin that reads the value from a
-file (Docker and Kubernetes secrets). Values are validated once at start-up;
-a bad value raises :class:`SettingsError` naming the variable.
+:class:`Settings` is the one table of them: each field declares its default, its parser
+(type, range or choices), whether it is a secret, which commands read it and a line of
+help. The variable is the field's name upper-cased after ``COWRIE_STATS_``. The loader,
+``--help`` and the documentation tests read the table; nothing else states a default.
+
+Every variable but a file path also has a ``*_FILE`` twin that reads the value from a
+file (Docker and Kubernetes secrets); secrets are documented with it and never logged.
+Values are validated once at start-up; a bad value raises :class:`SettingsError`, one
+line naming the variable.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import logging
 import os
 import re
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -25,78 +33,425 @@ LOOPBACK = "127.0.0.1"
 
 log = logging.getLogger("cowrie_stats")
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
 
 class SettingsError(ValueError):
     """A configuration value is missing or invalid."""
 
 
+# -- parsers: text of a variable -> typed value, or one line naming the variable ----------
+
+
+class Parser(ABC, Generic[T_co]):
+    """Turns a variable's text into its value; ``describe`` is its allowed range, if any."""
+
+    #: Whether the value may come from a ``*_FILE`` twin (file paths are read as given).
+    file_variant = True
+
+    @abstractmethod
+    def parse(self, variable: str, raw: str) -> T_co:
+        """The value, or SettingsError: one line naming ``variable``."""
+
+    def describe(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Text(Parser[str]):
+    def parse(self, variable: str, raw: str) -> str:
+        return raw
+
+
+@dataclass(frozen=True)
+class Integer(Parser[int]):
+    minimum: int
+    maximum: int
+
+    def parse(self, variable: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{variable}: expected an integer, got {raw!r}") from None
+        if not self.minimum <= value <= self.maximum:
+            raise SettingsError(f"{variable}: {value} is outside {self.minimum}..{self.maximum}")
+        return value
+
+    def describe(self) -> str:
+        return f"{self.minimum}..{self.maximum}"
+
+
+@dataclass(frozen=True)
+class Number(Parser[float]):
+    minimum: float
+
+    def parse(self, variable: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{variable}: expected a number, got {raw!r}") from None
+        if not value >= self.minimum:  # NaN too
+            raise SettingsError(f"{variable}: {value} is below {self.minimum}")
+        return value
+
+    def describe(self) -> str:
+        return f">= {self.minimum:g}"
+
+
+@dataclass(frozen=True)
+class Choice(Parser[str]):
+    choices: tuple[str, ...]
+    upper: bool = False  # log levels are upper case, everything else lower
+
+    def parse(self, variable: str, raw: str) -> str:
+        stripped = raw.strip()
+        value = stripped.upper() if self.upper else stripped.lower()
+        if value not in self.choices:
+            raise SettingsError(f"{variable}: {stripped!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Flag(Parser[bool]):
+    def parse(self, variable: str, raw: str) -> bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{variable}: expected true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class ReadableFile(Parser[str]):
+    """A path to an existing file; ``private``: refused when others may read it."""
+
+    private: bool = False
+    file_variant = False
+
+    def parse(self, variable: str, raw: str) -> str:
+        if not Path(raw).is_file():
+            raise SettingsError(f"{variable}: {raw} is not a readable file")
+        if self.private:
+            check_private_file(Path(raw), variable)
+        return raw
+
+
+@dataclass(frozen=True)
+class DatabaseUrl(Parser[str]):
+    """A SQLite or PostgreSQL URL, with psycopg 3 as the PostgreSQL driver."""
+
+    def parse(self, variable: str, raw: str) -> str:
+        try:
+            url = make_url(raw)
+        except ArgumentError:
+            raise SettingsError(f"{variable}: not a database URL") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise SettingsError(f"{variable}: only sqlite and postgresql are supported")
+        if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is our only driver
+        return url.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class DatabaseUrls(Parser[tuple[str, ...]]):
+    """Comma-separated database URLs."""
+
+    def parse(self, variable: str, raw: str) -> tuple[str, ...]:
+        parts = (part.strip() for part in raw.split(","))
+        return tuple(DatabaseUrl().parse(variable, part) for part in parts if part)
+
+
+# -- the table ----------------------------------------------------------------------------
+
+# Which commands read a setting (their --help lists it).
+DATABASE_COMMANDS = frozenset({"serve", "migrate", "ingest", "prune", "dead-letters"})
+SERVE = frozenset({"serve"})
+INGEST = frozenset({"ingest"})
+SERVE_AND_INGEST = SERVE | INGEST
+SERVE_AND_HEALTHCHECK = SERVE | {"healthcheck"}
+# Groups: the sections of .env.example, and the topics of docs/operations.md.
+DATABASE = "database"
+SERVER = "gRPC server"
+HOSTILE = "hostile clients"
+LOGGING = "logging and metrics"
+TUNING = "database tuning"
+AUTH = "authentication and TLS"
+
+# Which calls the access log writes a line for: every one, only those that
+# failed or were slow, or none (metrics count every call in all three).
+ACCESS_LOG_CHOICES = ("all", "errors", "off")
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One row of the table, beside the field's name and default."""
+
+    parser: Parser[object]
+    help: str
+    commands: frozenset[str]
+    group: str
+    secret: bool = False
+
+
+def setting(
+    default: T,
+    parser: Parser[T],
+    help: str,
+    commands: frozenset[str],
+    group: str,
+    *,
+    secret: bool = False,
+) -> T:
+    """A field of :class:`Settings` with its row of the table (a dataclass field)."""
+    spec = SettingSpec(parser, help, commands, group, secret)
+    return field(default=default, repr=not secret, metadata={"setting": spec})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """All runtime configuration of the service, ingest and CLI."""
+    """All runtime configuration of the service, ingest and CLI: the table of settings."""
 
-    database_url: str = DEFAULT_DATABASE_URL
-    replica_urls: tuple[str, ...] = ()
-    grpc_host: str = LOOPBACK  # loopback unless an operator opens it on purpose
-    grpc_port: int = 50051
-    log_format: str = "text"
-    access_log: str = "all"
-    log_level: str = "INFO"
-    shutdown_grace_seconds: float = 10.0
+    database_url: str = setting(
+        DEFAULT_DATABASE_URL,
+        DatabaseUrl(),
+        "primary database (writes, migrations, ingest); SQLite relative to the working directory",
+        DATABASE_COMMANDS,
+        DATABASE,
+        secret=True,
+    )
+    database_password: str | None = setting(
+        None,
+        Text(),
+        "password put into the PostgreSQL URLs that have none",
+        DATABASE_COMMANDS,
+        DATABASE,
+        secret=True,
+    )
+    replica_urls: tuple[str, ...] = setting(
+        (), DatabaseUrls(), "read replicas, comma-separated", SERVE, DATABASE, secret=True
+    )
+    grpc_host: str = setting(  # loopback unless an operator opens it on purpose
+        LOOPBACK, Text(), "listen address; beyond loopback set API keys or TLS", SERVE, SERVER
+    )
+    grpc_port: int = setting(
+        50051, Integer(0, 65535), "listen port of the gRPC API", SERVE_AND_HEALTHCHECK, SERVER
+    )
+    shutdown_grace_seconds: float = setting(
+        10.0, Number(0.0), "seconds in-flight calls get to finish after SIGTERM", SERVE, SERVER
+    )
     # Serving threads. On 2 cores, 4 answered cached calls 12-17 % faster than 16 with a
     # lower p99 (fewer threads contend for the GIL) and cold calls as fast (PostgreSQL's
     # cores are busy with 4 queries already). docs/performance.md, "Four serving threads".
-    max_workers: int = 4
-    max_concurrent_rpcs: int = 64
-    max_message_bytes: int = 1024 * 1024
-    max_replica_lag_seconds: float = 30.0
-    replica_check_interval_seconds: float = 5.0
-    # pool_size + max_overflow >= max_workers: a worker never waits for a connection.
-    db_pool_size: int = 8
-    db_max_overflow: int = 8
-    db_pool_recycle_seconds: int = 1800
-    db_connect_timeout_seconds: int = 5
-    default_deadline_seconds: float = 30.0
-    api_keys_file: str | None = None
-    open_methods_without_key: bool = True
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    tls_client_ca_file: str | None = None
-    metrics_port: int = 0
-    metrics_host: str = LOOPBACK  # no authentication: loopback unless opened on purpose
-    result_cache_entries: int = 256
+    max_workers: int = setting(
+        4, Integer(1, 1024), "statistics calls worked on at once", SERVE, SERVER
+    )
+    max_concurrent_rpcs: int = setting(
+        64, Integer(1, 100_000), "calls in flight; more get RESOURCE_EXHAUSTED", SERVE, SERVER
+    )
+    max_message_bytes: int = setting(
+        1024 * 1024,
+        Integer(1024, 64 * 1024 * 1024),
+        "largest request message; answers may be 16 times this",
+        SERVE,
+        SERVER,
+    )
+    default_deadline_seconds: float = setting(
+        30.0, Number(0.1), "deadline of calls that set none", SERVE, SERVER
+    )
+    result_cache_entries: int = setting(
+        256,
+        Integer(0, 1_000_000),
+        "answers cached by request and data version; 0 = off",
+        SERVE,
+        SERVER,
+    )
     # Bytes of the cached answers and their request keys (serialized); an answer over
     # an eighth of it is not kept. 0 turns the cache off, as 0 entries does.
-    result_cache_bytes: int = 16 * 1024 * 1024
-    data_version_poll_seconds: float = 1.0
-    max_sensors_per_request: int = 1000
-    max_window_days: int = 3660
+    result_cache_bytes: int = setting(
+        16 * 1024 * 1024,
+        Integer(0, 1 << 40),
+        "bytes the cached answers and their keys may take; 0 = off",
+        SERVE,
+        SERVER,
+    )
+    data_version_poll_interval: float = setting(
+        1.0,
+        Number(0.0),
+        "seconds between reads of the data version; 0 = read it in every call",
+        SERVE,
+        SERVER,
+    )
+    max_sensors_per_request: int = setting(
+        1000, Integer(1, 100_000), "sensor names one request may filter on", SERVE, SERVER
+    )
+    max_window_days: int = setting(
+        3660, Integer(1, 100_000), "longest time_range of a request, in days", SERVE, SERVER
+    )
+    # Hostile clients (docs/security/README.md).
+    # Health-only listener without API keys, for kubelet and container probes; 0 = off.
+    probe_port: int = setting(
+        50052,
+        Integer(0, 65535),
+        "health-only listener for probes, no key; 0 = off",
+        SERVE_AND_HEALTHCHECK,
+        HOSTILE,
+    )
+    # A call whose request message does not arrive within this is cancelled; also bounds
+    # each streamed message and each health update a watcher does not read.
+    receive_timeout_seconds: float = setting(
+        5.0, Number(0.05), "seconds a call's request message may take to arrive", SERVE, HOSTILE
+    )
+    # Open grpc.health.v1 Watch streams at once; more are refused (RESOURCE_EXHAUSTED).
+    max_health_watchers: int = setting(
+        16, Integer(1, 10_000), "open health Watch streams at once", SERVE, HOSTILE
+    )
+    # Connections: closed after this long without a call, and after this age (then given
+    # the grace to finish their calls), so no connection holds resources for ever.
+    max_connection_idle_seconds: float = setting(
+        300.0, Number(1.0), "seconds a connection without calls stays open", SERVE, HOSTILE
+    )
+    max_connection_age_seconds: float = setting(
+        1800.0, Number(1.0), "seconds after which a connection must reconnect", SERVE, HOSTILE
+    )
+    max_connection_age_grace_seconds: float = setting(
+        30.0, Number(0.0), "seconds its calls then get to finish", SERVE, HOSTILE
+    )
+    log_format: str = setting(
+        "text",
+        Choice(("text", "json")),
+        "text, or json (one object a line)",
+        DATABASE_COMMANDS,
+        LOGGING,
+    )
+    log_level: str = setting(
+        "INFO",
+        Choice(("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
+        "DEBUG, INFO, WARNING or ERROR",
+        DATABASE_COMMANDS,
+        LOGGING,
+    )
+    access_log: str = setting(
+        "all", Choice(ACCESS_LOG_CHOICES), "access-log lines: all, errors, off", SERVE, LOGGING
+    )
+    metrics_port: int = setting(
+        0, Integer(0, 65535), "Prometheus /metrics port; 0 = off", SERVE_AND_INGEST, LOGGING
+    )
+    metrics_host: str = setting(  # no authentication: loopback unless opened on purpose
+        LOOPBACK,
+        Text(),
+        "address /metrics listens on (no authentication)",
+        SERVE_AND_INGEST,
+        LOGGING,
+    )
+    max_replica_lag: float = setting(
+        30.0, Number(0.0), "seconds of replica lag above which reads go elsewhere", SERVE, TUNING
+    )
+    replica_check_interval: float = setting(
+        5.0, Number(0.05), "seconds between health checks of each replica", SERVE, TUNING
+    )
+    # pool_size + max_overflow >= max_workers: a worker never waits for a connection.
+    db_pool_size: int = setting(
+        8, Integer(1, 1000), "pooled connections per database", DATABASE_COMMANDS, TUNING
+    )
+    db_max_overflow: int = setting(
+        8, Integer(0, 1000), "connections allowed above the pool", DATABASE_COMMANDS, TUNING
+    )
+    db_pool_recycle: int = setting(
+        1800,
+        Integer(-1, 86400),
+        "seconds after which a pooled connection is replaced",
+        DATABASE_COMMANDS,
+        TUNING,
+    )
+    db_connect_timeout: int = setting(
+        5, Integer(1, 600), "seconds to wait for a connection", DATABASE_COMMANDS, TUNING
+    )
     # Parse processes of `cowrie-stats ingest` for large inputs; 0 parses in the
     # ingest process itself. One measured as fast as two on 2 cores (the writer
     # and PostgreSQL are the bottleneck), with less CPU taken from PostgreSQL.
-    ingest_workers: int = 1
+    ingest_workers: int = setting(
+        1, Integer(0, 64), "parse processes for inputs over 50,000 lines", INGEST, TUNING
+    )
     # Longest log line `cowrie-stats ingest` reads; longer ones are dead-lettered
     # and skipped without being held in memory (attackers write the logs).
-    ingest_max_line_bytes: int = 1 << 20
+    ingest_max_line_bytes: int = setting(
+        1 << 20,
+        Integer(4096, 256 << 20),
+        "longest line read; longer ones are dead-lettered and skipped",
+        INGEST,
+        TUNING,
+    )
     # Days of sessions `cowrie-stats ingest` keeps: after each pass it prunes the
     # sessions that ended before today's UTC midnight minus this; 0 keeps everything.
-    retention_days: int = 0
-    # Hostile clients (docs/security/README.md). A call whose request message does not
-    # arrive within this is cancelled; also bounds each streamed message and each health
-    # update a watcher does not read.
-    receive_timeout_seconds: float = 5.0
-    # Health-only listener without API keys, for kubelet and container probes; 0 = off.
-    probe_port: int = 50052
-    # Open grpc.health.v1 Watch streams at once; more are refused (RESOURCE_EXHAUSTED).
-    max_health_watchers: int = 16
-    # Connections: closed after this long without a call, and after this age (then given
-    # the grace to finish their calls), so no connection holds resources for ever.
-    max_connection_idle_seconds: float = 300.0
-    max_connection_age_seconds: float = 1800.0
-    max_connection_age_grace_seconds: float = 30.0
+    retention_days: int = setting(
+        0,
+        Integer(0, 100_000),
+        "after each pass, prune older sessions; 0 = keep all",
+        INGEST,
+        TUNING,
+    )
+    api_keys_file: str | None = setting(
+        None, ReadableFile(), "hashed API keys (mode 600): calls need a key", SERVE, AUTH
+    )
+    open_health_and_reflection: bool = setting(
+        True, Flag(), "health and reflection callable without a key", SERVE, AUTH
+    )
+    tls_cert_file: str | None = setting(
+        None, ReadableFile(), "server certificate (PEM): TLS on", SERVE, AUTH
+    )
+    tls_key_file: str | None = setting(
+        None, ReadableFile(private=True), "its private key (PEM, mode 600)", SERVE, AUTH
+    )
+    tls_client_ca_file: str | None = setting(
+        None, ReadableFile(), "CA (PEM) client certificates must be signed by", SERVE, AUTH
+    )
 
     @property
     def primary_url(self) -> URL:
         return make_url(self.database_url)
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    """A setting as the loader, ``--help`` and the documentation tests see it."""
+
+    field: str
+    default: object
+    spec: SettingSpec
+
+    @property
+    def variable(self) -> str:
+        return PREFIX + self.field.upper()
+
+    @property
+    def shown_default(self) -> str:
+        """The default as an operator writes it ('' for none)."""
+        value = self.default
+        if value is None or value == ():
+            return ""
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    def text(self, env: Mapping[str, str]) -> str | None:
+        """The variable's text, or its ``*_FILE`` twin's content; None when unset or empty."""
+        if not self.spec.parser.file_variant:  # a path is used as given, it has no twin
+            return env.get(self.variable) or None
+        return _raw(env, self.field.upper())
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The value ``env`` sets, or the default; SettingsError for a bad one."""
+        raw = self.text(env)
+        return self.default if raw is None else self.spec.parser.parse(self.variable, raw)
+
+
+SETTINGS_TABLE: tuple[SettingRow, ...] = tuple(
+    SettingRow(f.name, f.default, f.metadata["setting"]) for f in fields(Settings)
+)
+SETTING_ROWS: dict[str, SettingRow] = {row.field: row for row in SETTINGS_TABLE}
 
 
 # Query parameters whose value is a secret, by a part of their name (any case):
@@ -189,141 +544,38 @@ def _raw(env: Mapping[str, str], key: str) -> str | None:
     return value if value not in (None, "") else None
 
 
-def _int(env: Mapping[str, str], key: str, default: int, minimum: int, maximum: int) -> int:
-    raw = _raw(env, key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{key}: expected an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{PREFIX}{key}: {value} is outside {minimum}..{maximum}")
-    return value
-
-
-def _float(env: Mapping[str, str], key: str, default: float, minimum: float) -> float:
-    raw = _raw(env, key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{key}: expected a number, got {raw!r}") from None
-    if not value >= minimum:
-        raise SettingsError(f"{PREFIX}{key}: {value} is below {minimum}")
-    return value
-
-
-# Which calls the access log writes a line for: every one, only those that
-# failed or were slow, or none (metrics count every call in all three).
-ACCESS_LOG_CHOICES = ("all", "errors", "off")
-
-
-def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = (_raw(env, key) or default).strip()
-    normalised = raw.upper() if key == "LOG_LEVEL" else raw.lower()
-    if normalised not in choices:
-        raise SettingsError(f"{PREFIX}{key}: {raw!r} is not one of {', '.join(choices)}")
-    return normalised
-
-
 def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     raw = _raw(env, key)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{PREFIX}{key}: expected true or false, got {raw!r}")
+    return default if raw is None else Flag().parse(PREFIX + key, raw)
 
 
-def _database_url(name: str, raw: str, password: str | None) -> str:
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise SettingsError(f"{PREFIX}{name}: not a database URL") from None
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
-        raise SettingsError(f"{PREFIX}{name}: only sqlite and postgresql are supported")
-    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is our only driver
-    if password is not None and url.get_backend_name() == "postgresql" and url.password is None:
-        url = url.set(password=password)
-    return url.render_as_string(hide_password=False)
+def _with_password(url: str, password: str | None) -> str:
+    parsed = make_url(url)
+    if password is None or parsed.get_backend_name() != "postgresql" or parsed.password is not None:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
-def _optional_path(env: Mapping[str, str], key: str) -> str | None:
-    value = env.get(PREFIX + key)
-    if value and not Path(value).is_file():
-        raise SettingsError(f"{PREFIX}{key}: {value} is not a readable file")
-    return value or None
+def _check_combinations(settings: Settings) -> None:
+    """The rules between settings, each broken one a line naming the variables."""
+    if settings.replica_urls and settings.primary_url.get_backend_name() == "sqlite":
+        raise SettingsError(f"{PREFIX}REPLICA_URLS: replicas need a PostgreSQL primary")
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
+    if settings.tls_client_ca_file and settings.tls_cert_file is None:
+        raise SettingsError(f"{PREFIX}TLS_CLIENT_CA_FILE needs {PREFIX}TLS_CERT_FILE")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate :class:`Settings` from ``env`` (default: os.environ)."""
     env = dict(os.environ if env is None else env)
-    password = _raw(env, "DATABASE_PASSWORD")
-    primary = _database_url(
-        "DATABASE_URL", _raw(env, "DATABASE_URL") or DEFAULT_DATABASE_URL, password
-    )
-    replicas_raw = _raw(env, "REPLICA_URLS") or ""
-    replicas = tuple(
-        _database_url("REPLICA_URLS", part.strip(), password)
-        for part in replicas_raw.split(",")
-        if part.strip()
-    )
-    if replicas and make_url(primary).get_backend_name() == "sqlite":
-        raise SettingsError(f"{PREFIX}REPLICA_URLS: replicas need a PostgreSQL primary")
-    tls = (_optional_path(env, "TLS_CERT_FILE"), _optional_path(env, "TLS_KEY_FILE"))
-    if tls[1] is not None:
-        check_private_file(Path(tls[1]), f"{PREFIX}TLS_KEY_FILE")
-    if (tls[0] is None) != (tls[1] is None):
-        raise SettingsError(f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE go together")
-    client_ca = _optional_path(env, "TLS_CLIENT_CA_FILE")
-    if client_ca and tls[0] is None:
-        raise SettingsError(f"{PREFIX}TLS_CLIENT_CA_FILE needs {PREFIX}TLS_CERT_FILE")
-    return Settings(
-        database_url=primary,
-        replica_urls=replicas,
-        grpc_host=_raw(env, "GRPC_HOST") or LOOPBACK,
-        grpc_port=_int(env, "GRPC_PORT", 50051, 0, 65535),
-        log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-        access_log=_choice(env, "ACCESS_LOG", "all", ACCESS_LOG_CHOICES),
-        log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-        shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
-        max_workers=_int(env, "MAX_WORKERS", 4, 1, 1024),
-        max_concurrent_rpcs=_int(env, "MAX_CONCURRENT_RPCS", 64, 1, 100_000),
-        max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
-        max_replica_lag_seconds=_float(env, "MAX_REPLICA_LAG", 30.0, 0.0),
-        replica_check_interval_seconds=_float(env, "REPLICA_CHECK_INTERVAL", 5.0, 0.05),
-        db_pool_size=_int(env, "DB_POOL_SIZE", 8, 1, 1000),
-        db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 8, 0, 1000),
-        db_pool_recycle_seconds=_int(env, "DB_POOL_RECYCLE", 1800, -1, 86400),
-        db_connect_timeout_seconds=_int(env, "DB_CONNECT_TIMEOUT", 5, 1, 600),
-        default_deadline_seconds=_float(env, "DEFAULT_DEADLINE_SECONDS", 30.0, 0.1),
-        api_keys_file=_optional_path(env, "API_KEYS_FILE"),
-        open_methods_without_key=_bool(env, "OPEN_HEALTH_AND_REFLECTION", True),
-        tls_cert_file=tls[0],
-        tls_key_file=tls[1],
-        tls_client_ca_file=client_ca,
-        metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
-        metrics_host=_raw(env, "METRICS_HOST") or LOOPBACK,
-        result_cache_entries=_int(env, "RESULT_CACHE_ENTRIES", 256, 0, 1_000_000),
-        result_cache_bytes=_int(env, "RESULT_CACHE_BYTES", 16 * 1024 * 1024, 0, 1 << 40),
-        data_version_poll_seconds=_float(env, "DATA_VERSION_POLL_INTERVAL", 1.0, 0.0),
-        max_sensors_per_request=_int(env, "MAX_SENSORS_PER_REQUEST", 1000, 1, 100_000),
-        max_window_days=_int(env, "MAX_WINDOW_DAYS", 3660, 1, 100_000),
-        ingest_workers=_int(env, "INGEST_WORKERS", 1, 0, 64),
-        ingest_max_line_bytes=_int(env, "INGEST_MAX_LINE_BYTES", 1 << 20, 4096, 256 << 20),
-        retention_days=_int(env, "RETENTION_DAYS", 0, 0, 100_000),
-        receive_timeout_seconds=_float(env, "RECEIVE_TIMEOUT_SECONDS", 5.0, 0.05),
-        probe_port=_int(env, "PROBE_PORT", 50052, 0, 65535),
-        max_health_watchers=_int(env, "MAX_HEALTH_WATCHERS", 16, 1, 10_000),
-        max_connection_idle_seconds=_float(env, "MAX_CONNECTION_IDLE_SECONDS", 300.0, 1.0),
-        max_connection_age_seconds=_float(env, "MAX_CONNECTION_AGE_SECONDS", 1800.0, 1.0),
-        max_connection_age_grace_seconds=_float(env, "MAX_CONNECTION_AGE_GRACE_SECONDS", 30.0, 0.0),
-    )
+    values = {row.field: row.read(env) for row in SETTINGS_TABLE}
+    password = values["database_password"]
+    values["database_url"] = _with_password(values["database_url"], password)
+    values["replica_urls"] = tuple(_with_password(url, password) for url in values["replica_urls"])
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
 
 
 def load_env_file(path: Path, env: dict[str, str]) -> None:

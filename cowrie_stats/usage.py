@@ -1,49 +1,51 @@
 """The end of every subcommand's ``--help``: the variables it reads, exit statuses, an example.
 
-Variables are named in full, so a test can check each against .env.example.
+A server command's variables are the rows of the settings table tagged with the
+command (:data:`cowrie_stats.settings.SETTINGS_TABLE`), named in full with their
+defaults; the client commands' come from ``ClientSettings.VARIABLES``.
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import TYPE_CHECKING
+
+from cowrie_stats.settings import SETTINGS_TABLE, SettingRow
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 ENV_NOTE = "(defaults and details: .env.example; a private ./.env is read too)"
-DATABASE_ENV = """\
-  COWRIE_STATS_DATABASE_URL / _FILE        primary database (default
-                                           sqlite:///var/cowrie-stats.db, relative to the
-                                           working directory)
-  COWRIE_STATS_DATABASE_PASSWORD / _FILE   password put into the database URLs
-  COWRIE_STATS_DB_CONNECT_TIMEOUT          seconds to wait for a connection
-  COWRIE_STATS_LOG_FORMAT, COWRIE_STATS_LOG_LEVEL    text or json; DEBUG..ERROR
-"""
-SERVE_ENV = (
-    DATABASE_ENV
-    + """\
-  COWRIE_STATS_REPLICA_URLS / _FILE        read replicas, comma-separated
-  COWRIE_STATS_GRPC_HOST, COWRIE_STATS_GRPC_PORT    listen address ([::], 50051)
-  COWRIE_STATS_API_KEYS_FILE               hashed API keys: calls need a key
-  COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION  health and reflection without a key
-  COWRIE_STATS_PROBE_PORT                  health-only listener for probes, no key (50052; 0 off)
-  COWRIE_STATS_TLS_CERT_FILE, COWRIE_STATS_TLS_KEY_FILE, COWRIE_STATS_TLS_CLIENT_CA_FILE
-  COWRIE_STATS_METRICS_PORT, COWRIE_STATS_METRICS_HOST    Prometheus /metrics
-  COWRIE_STATS_ACCESS_LOG                  all, errors or off
-  tuning: COWRIE_STATS_MAX_WORKERS, COWRIE_STATS_MAX_CONCURRENT_RPCS,
-    COWRIE_STATS_MAX_MESSAGE_BYTES, COWRIE_STATS_DEFAULT_DEADLINE_SECONDS,
-    COWRIE_STATS_SHUTDOWN_GRACE_SECONDS, COWRIE_STATS_MAX_REPLICA_LAG,
-    COWRIE_STATS_REPLICA_CHECK_INTERVAL, COWRIE_STATS_DB_POOL_SIZE,
-    COWRIE_STATS_DB_MAX_OVERFLOW, COWRIE_STATS_DB_POOL_RECYCLE,
-    COWRIE_STATS_RESULT_CACHE_ENTRIES, COWRIE_STATS_RESULT_CACHE_BYTES,
-    COWRIE_STATS_DATA_VERSION_POLL_INTERVAL,
-    COWRIE_STATS_MAX_SENSORS_PER_REQUEST, COWRIE_STATS_MAX_WINDOW_DAYS
-  hostile clients: COWRIE_STATS_RECEIVE_TIMEOUT_SECONDS, COWRIE_STATS_MAX_HEALTH_WATCHERS,
-    COWRIE_STATS_MAX_CONNECTION_IDLE_SECONDS, COWRIE_STATS_MAX_CONNECTION_AGE_SECONDS,
-    COWRIE_STATS_MAX_CONNECTION_AGE_GRACE_SECONDS
-"""
-)
+NAME_WIDTH = 40
+LINE_WIDTH = 100
+
+
+def help_row(name: str, meaning: str) -> str:
+    """``  NAME  meaning``, the meaning wrapped in its column (below a name too long for it)."""
+    indent = " " * (NAME_WIDTH + 3)
+    head = f"  {name:<{NAME_WIDTH}} " if len(name) <= NAME_WIDTH else f"  {name}\n{indent}"
+    return head + textwrap.fill(
+        meaning, LINE_WIDTH, initial_indent=indent, subsequent_indent=indent
+    ).removeprefix(indent)
+
+
+def setting_line(row: SettingRow) -> str:
+    """One setting: variable (``/ _FILE`` for a secret), help, default and range."""
+    name = row.variable + (" / _FILE" if row.spec.secret else "")
+    default = f"default {row.shown_default}" if row.shown_default else ""
+    bounds = ", ".join(part for part in (default, row.spec.parser.describe()) if part)
+    return help_row(name, f"{row.spec.help} ({bounds})" if bounds else row.spec.help)
+
+
+def environment(command: str, *extra: str) -> str:
+    """The settings ``command`` reads, from the table (and ``extra`` rows last)."""
+    rows = [setting_line(row) for row in SETTINGS_TABLE if command in row.spec.commands]
+    return "\n".join([*rows, *extra]) + "\n"
+
+
+DATABASE_ENV = environment("migrate")
+SERVE_ENV = environment("serve")
 NONE = "  (none)"
 EXIT_CODES = "exit status: 0 done, 1 runtime failure (named), 2 configuration or usage error"
 

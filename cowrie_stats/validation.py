@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.errors import MAX_VIOLATIONS, FieldViolation, InvalidArgumentError
+from cowrie_stats.settings import Settings
 
 DEFAULT_TOP_N = 10
 MAX_TOP_N = 1000
@@ -38,8 +39,10 @@ class Violations(list[FieldViolation]):
 
 @dataclass(frozen=True)
 class Limits:
-    max_sensors: int = 1000
-    max_window_days: int = 3660
+    """What one request may ask for; the defaults are the settings' defaults."""
+
+    max_sensors: int = Settings.max_sensors_per_request
+    max_window_days: int = Settings.max_window_days
 
 
 @dataclass(frozen=True)

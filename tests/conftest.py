@@ -91,7 +91,7 @@ class Database:
             grpc_host="127.0.0.1",
             grpc_port=0,
             probe_port=0,  # a fixed port would collide between tests run side by side
-            replica_check_interval_seconds=0.2,
+            replica_check_interval=0.2,
             shutdown_grace_seconds=5.0,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]

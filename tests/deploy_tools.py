@@ -23,6 +23,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from cowrie_stats.settings import SETTINGS_TABLE, Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO_ROOT / ".venv-tools" / "bin"
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -33,39 +35,13 @@ DOCKERFILE = DEPLOY_DIR / "Dockerfile"
 #: Kubernetes version the manifests are validated against (a K3s release line).
 KUBERNETES_VERSION = "1.33.0"
 
-#: Every setting of the service (see cowrie_stats settings / the interface facts).
-SERVICE_ENV_VARS: tuple[str, ...] = (
-    "COWRIE_STATS_DATABASE_URL",
-    "COWRIE_STATS_DATABASE_URL_FILE",
-    "COWRIE_STATS_DATABASE_PASSWORD",
-    "COWRIE_STATS_DATABASE_PASSWORD_FILE",
-    "COWRIE_STATS_REPLICA_URLS",
-    "COWRIE_STATS_REPLICA_URLS_FILE",
-    "COWRIE_STATS_GRPC_HOST",
-    "COWRIE_STATS_GRPC_PORT",
-    "COWRIE_STATS_LOG_FORMAT",
-    "COWRIE_STATS_LOG_LEVEL",
-    "COWRIE_STATS_SHUTDOWN_GRACE_SECONDS",
-    "COWRIE_STATS_MAX_WORKERS",
-    "COWRIE_STATS_MAX_CONCURRENT_RPCS",
-    "COWRIE_STATS_MAX_REPLICA_LAG",
-    "COWRIE_STATS_DB_POOL_SIZE",
-    "COWRIE_STATS_DB_MAX_OVERFLOW",
-    "COWRIE_STATS_DB_POOL_RECYCLE",
-    "COWRIE_STATS_DB_CONNECT_TIMEOUT",
-    "COWRIE_STATS_API_KEYS_FILE",
-    "COWRIE_STATS_TLS_CERT_FILE",
-    "COWRIE_STATS_TLS_KEY_FILE",
-    "COWRIE_STATS_TLS_CLIENT_CA_FILE",
-    "COWRIE_STATS_METRICS_PORT",
-    "COWRIE_STATS_METRICS_HOST",
-    "COWRIE_STATS_RETENTION_DAYS",
-    "COWRIE_STATS_PROBE_PORT",
-    "COWRIE_STATS_RECEIVE_TIMEOUT_SECONDS",
+#: Every setting of the service, and the *_FILE twins of its secrets (the settings table).
+SERVICE_ENV_VARS: tuple[str, ...] = tuple(row.variable for row in SETTINGS_TABLE) + tuple(
+    row.variable + "_FILE" for row in SETTINGS_TABLE if row.spec.secret
 )
 
-GRPC_PORT = 50051
-SHUTDOWN_GRACE_SECONDS = 10
+GRPC_PORT = Settings.grpc_port
+SHUTDOWN_GRACE_SECONDS = Settings.shutdown_grace_seconds
 
 
 def tools_required() -> bool:

@@ -181,7 +181,7 @@ def test_health_and_reflection_can_require_a_key(
     sqlite_db: Database, start_server: StartServer, keys_path: Path
 ) -> None:
     running = start_server(
-        sqlite_db.settings(api_keys_file=str(keys_path), open_methods_without_key=False)
+        sqlite_db.settings(api_keys_file=str(keys_path), open_health_and_reflection=False)
     )
     health = health_pb2_grpc.HealthStub(running.channel)
     request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)

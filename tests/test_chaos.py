@@ -409,7 +409,7 @@ def test_every_call_is_exact_or_unavailable_under_chaos(
 ) -> None:
     seed = chaos_seed()
     print(f"\nchaos seed {seed} ({SEED_VARIABLE}={seed} replays this schedule)")
-    running = start_server(pair_settings(cluster, max_replica_lag_seconds=1.0))
+    running = start_server(pair_settings(cluster, max_replica_lag=1.0))
     timeline = Timeline()
     chaos = Chaos(cluster, random.Random(seed), timeline)
     stop = threading.Event()

@@ -211,7 +211,7 @@ def test_api_keys(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(key_line("tests", KEY) + "\n", encoding="utf-8")
     keys.chmod(0o600)  # the server refuses keys others can read
-    with demo_server(tmp_path, api_keys_file=str(keys), open_methods_without_key=False) as demo:
+    with demo_server(tmp_path, api_keys_file=str(keys), open_health_and_reflection=False) as demo:
         with StatsClient(demo.target, timeout=10) as keyless:
             with pytest.raises(AccessDeniedError) as caught:
                 keyless.get_sensor_stats()

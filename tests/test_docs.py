@@ -30,7 +30,9 @@ import pytest
 from conftest import Database, StartServer
 
 from cowrie_stats.cli import build_parser
+from cowrie_stats.client import ClientSettings
 from cowrie_stats.sample import write_sample
+from cowrie_stats.settings import HOSTILE, SETTINGS_TABLE, SettingRow
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = (REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")))
@@ -405,3 +407,128 @@ def test_no_development_history_labels_in_the_repository() -> None:
     assert REPO / "docs" / "performance.md" in files
     found = [label for path in files for label in history_labels(path)]
     assert not found, "history labels (history belongs to git):\n" + "\n".join(found)
+
+
+# -- the settings documentation lists the settings table -----------------------------------
+#
+# The table in cowrie_stats/settings.py is checked against the documents rather than
+# written into them: .env.example is the compose stack's configuration (some values there
+# are the containers', on purpose), and each document explains a setting for its reader.
+# What must not drift -- which variables exist, their defaults, which are secrets -- is
+# compared here, so a setting added, renamed or re-defaulted fails until every list follows.
+
+SETTING_CELL = re.compile(r"`(?P<name>COWRIE_STATS_[A-Z0-9_]+)`(?P<twin>\s*/\s*`_FILE`)?")
+NO_DEFAULT = "—"
+
+
+@dataclass(frozen=True)
+class DocumentedSetting:
+    where: str
+    variable: str
+    with_file_twin: bool
+    default: str
+
+
+def documented_settings(path: Path) -> dict[str, list[DocumentedSetting]]:
+    """Section heading -> rows of the tables whose first column is ``variable``."""
+    found: dict[str, list[DocumentedSetting]] = {}
+    section, header = "", None
+    for number, line in prose_lines(path, keep_inline_code=True):
+        heading = HEADING.fullmatch(line)
+        if heading is not None:
+            section = heading["title"]
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif header[:2] == ["variable", "default"] and not set(cells[0]) <= set("-: "):
+            name = SETTING_CELL.fullmatch(cells[0])
+            assert name is not None, f"{doc_id(path)}:{number}: one variable per row: {cells[0]}"
+            row = DocumentedSetting(
+                f"{doc_id(path)}:{number}", name["name"], bool(name["twin"]), cells[1]
+            )
+            found.setdefault(section, []).append(row)
+    return found
+
+
+def default_cell(row: SettingRow) -> str:
+    return f"`{row.shown_default}`" if row.shown_default else NO_DEFAULT
+
+
+def check_documented(documented: list[DocumentedSetting], expected: list[SettingRow]) -> None:
+    where = documented[0].where if documented else "no table"
+    listed = [doc.variable for doc in documented]
+    assert len(listed) == len(set(listed)), f"{where}: a variable is listed twice"
+    wrong = sorted(set(listed) ^ {row.variable for row in expected})
+    assert not wrong, f"{where}: the table does not list exactly its settings: {wrong}"
+    rows = {row.variable: row for row in expected}
+    for doc in documented:
+        row = rows[doc.variable]
+        assert doc.default == default_cell(row), f"{doc.where}: default is {default_cell(row)}"
+        assert doc.with_file_twin == row.spec.secret, (
+            f"{doc.where}: a secret is shown with / `_FILE`, nothing else is"
+        )
+
+
+def test_readme_configuration_lists_every_setting() -> None:
+    tables = documented_settings(REPO / "README.md")
+    assert list(tables) == ["Configuration"]
+    check_documented(tables["Configuration"], list(SETTINGS_TABLE))
+
+
+def test_operations_setting_tables_list_their_topic() -> None:
+    topics = {
+        "Ingest": [row for row in SETTINGS_TABLE if "ingest" in row.spec.commands],
+        "Hostile clients": [row for row in SETTINGS_TABLE if row.spec.group == HOSTILE],
+    }
+    tables = documented_settings(REPO / "docs" / "operations.md")
+    assert sorted(tables) == sorted(topics), "a new settings table needs its topic here"
+    for section, expected in topics.items():
+        check_documented(tables[section], expected)
+
+
+def env_example() -> dict[str, tuple[str, str]]:
+    """NAME -> (value, the comment lines above it) for each ``NAME=`` line of .env.example."""
+    entries: dict[str, tuple[str, str]] = {}
+    comment: list[str] = []
+    for line in (REPO / ".env.example").read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"(?:# )?([A-Z][A-Z0-9_]*)=(.*)", line)
+        if match:
+            entries[match[1]] = (match[2], " ".join(comment))
+            comment = []
+        elif line.startswith("# ") and not line.startswith("# ---"):
+            comment.append(line[2:].strip())
+        else:
+            comment = []
+    return entries
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    entries = env_example()
+    problems: list[str] = []
+    for row in SETTINGS_TABLE:
+        if row.variable not in entries:
+            problems.append(f"{row.variable} is missing")
+            continue
+        if row.spec.secret and row.variable + "_FILE" not in entries:
+            problems.append(f"{row.variable}_FILE is missing: secrets are read from files")
+        value, comment = entries[row.variable]
+        default = row.shown_default
+        if default and value != default and f"default {default}" not in comment:
+            problems.append(f"{row.variable}={value}: show the default {default} or name it")
+    assert not problems, "\n".join(problems)
+
+
+def test_env_example_names_no_unknown_variable() -> None:
+    client = {
+        name.replace(" / _FILE", suffix)
+        for name in ClientSettings.VARIABLES
+        for suffix in ("", "_FILE")
+    }
+    compose = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (REPO / "docker-compose.yml").read_text()))
+    known = {row.variable for row in SETTINGS_TABLE} | client | compose
+    known |= {row.variable + "_FILE" for row in SETTINGS_TABLE if row.spec.secret}
+    unknown = sorted(n for n in env_example() if n.startswith("COWRIE_STATS_") and n not in known)
+    assert unknown == []

@@ -63,7 +63,7 @@ def _eventually_ok(stub: stats_pb2_grpc.CowrieStatsServiceStub, timeout: float =
 
 
 def test_restarts_and_killed_connections_during_load(cluster: PgCluster) -> None:
-    settings = pair_settings(cluster, replica_check_interval_seconds=0.2, result_cache_entries=0)
+    settings = pair_settings(cluster, replica_check_interval=0.2, result_cache_entries=0)
     server = StatsServer(settings)
     server.start()
     stop = threading.Event()

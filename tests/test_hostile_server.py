@@ -429,7 +429,7 @@ def test_probe_listener_answers_health_without_a_key(
     sqlite_db: Database, start_server: StartServer, tmp_path: Path
 ) -> None:
     settings = _settings(
-        sqlite_db, tmp_path, keys=True, open_methods_without_key=False, probe_port=_free_port()
+        sqlite_db, tmp_path, keys=True, open_health_and_reflection=False, probe_port=_free_port()
     )
     running = start_server(settings)
     with pytest.raises(grpc.RpcError) as caught:
@@ -470,7 +470,7 @@ def test_healthcheck_asks_the_probe_listener(
     in_process: Callable[..., tuple[int, str, str]],
 ) -> None:
     settings = _settings(
-        sqlite_db, tmp_path, keys=True, open_methods_without_key=False, probe_port=_free_port()
+        sqlite_db, tmp_path, keys=True, open_health_and_reflection=False, probe_port=_free_port()
     )
     running = start_server(settings)
     port, probe_port = str(running.server.port), str(running.server.probe_port)

@@ -378,7 +378,7 @@ def test_healthcheck_sends_an_api_key_when_health_is_closed(
     key_file.write_text(KEY, encoding="utf-8")
     key_file.chmod(0o600)
     keys = _keys(tmp_path)
-    with demo_server(tmp_path, api_keys_file=str(keys), open_methods_without_key=False) as demo:
+    with demo_server(tmp_path, api_keys_file=str(keys), open_health_and_reflection=False) as demo:
         status, _, err = run(capsys, "healthcheck", "--address", demo.target)
         assert status == query.EXIT_ACCESS_DENIED and "API_KEY_MISSING" in err
         assert run(capsys, "healthcheck", "--address", demo.target, "--api-key-file",

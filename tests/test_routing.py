@@ -62,7 +62,7 @@ def pair_settings(cluster: PgCluster, **overrides: Any) -> Settings:
         replica_urls=(cluster.replica_url,),
         grpc_host="127.0.0.1",
         grpc_port=0,
-        db_connect_timeout_seconds=2,
+        db_connect_timeout=2,
         shutdown_grace_seconds=5.0,
     )
     return replace(pair, **overrides)
@@ -70,7 +70,7 @@ def pair_settings(cluster: PgCluster, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def settings(cluster: PgCluster) -> Settings:
-    return pair_settings(cluster, replica_check_interval_seconds=0.1, max_replica_lag_seconds=0.5)
+    return pair_settings(cluster, replica_check_interval=0.1, max_replica_lag=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -222,7 +222,7 @@ def test_lag_travels_with_every_answer_and_the_cache_hides_none(
     """Old data from a lagging replica says so, from the database or from the cache."""
     caplog.set_level(logging.INFO)
     # "errors": only failed, slow and lagging calls get an access-log line.
-    server = StatsServer(replace(settings, data_version_poll_seconds=0.2, access_log="errors"))
+    server = StatsServer(replace(settings, data_version_poll_interval=0.2, access_log="errors"))
     server.start()
     request = stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY)
     try:
@@ -273,7 +273,7 @@ def test_a_replica_marked_down_answers_when_the_primary_fails(
     settings: Settings, cluster: PgCluster
 ) -> None:
     """No background checks at all: the read itself tries the replica marked unreachable."""
-    router = Router(replace(settings, replica_check_interval_seconds=60))
+    router = Router(replace(settings, replica_check_interval=60))
     try:
         cluster.stop_replica()
         for _ in range(5):
@@ -294,7 +294,7 @@ def test_replica_restart_then_primary_failure_keeps_reads_up(
     cluster: PgCluster, settings: Settings
 ) -> None:
     """Default check interval: the replica's outage must not cost the reads a minute later."""
-    server = StatsServer(replace(settings, replica_check_interval_seconds=5.0))
+    server = StatsServer(replace(settings, replica_check_interval=5.0))
     server.start()
     request = stats_pb2.GetThreatStatsRequest(top_n=5)
     try:
@@ -318,7 +318,7 @@ def test_replica_restart_then_primary_failure_keeps_reads_up(
 def test_recovered_replica_is_back_in_rotation_within_seconds(
     settings: Settings, cluster: PgCluster
 ) -> None:
-    router = Router(replace(settings, replica_check_interval_seconds=5.0))
+    router = Router(replace(settings, replica_check_interval=5.0))
     router.start()
     try:
         cluster.stop_replica()
@@ -339,7 +339,7 @@ def test_recovered_replica_is_back_in_rotation_within_seconds(
 def test_primary_failure_probes_the_replicas_at_once(
     settings: Settings, cluster: PgCluster
 ) -> None:
-    router = Router(replace(settings, replica_check_interval_seconds=60))
+    router = Router(replace(settings, replica_check_interval=60))
     router.start()
     try:
         replica = router.replicas[0]

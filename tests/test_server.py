@@ -383,7 +383,7 @@ def test_result_cache_answers_repeats_and_is_never_stale(
     from cowrie_stats import metrics
 
     # Poll interval 0: every call reads the version in its own snapshot.
-    running = start_server(loaded.settings(result_cache_entries=8, data_version_poll_seconds=0))
+    running = start_server(loaded.settings(result_cache_entries=8, data_version_poll_interval=0))
     assert running.server.versions is None
     request = stats_pb2.GetSessionStatsRequest(bucket=stats_pb2.BUCKET_DAY)
     hits = metrics.CACHE_HITS._value.get()
@@ -418,7 +418,7 @@ def statements_on(engines: list[Any]) -> Iterator[list[str]]:
 def test_watched_version_hits_without_sql_and_follows_ingest(
     loaded: Database, start_server: StartServer, tmp_path: Path
 ) -> None:
-    running = start_server(loaded.settings(data_version_poll_seconds=0.1))
+    running = start_server(loaded.settings(data_version_poll_interval=0.1))
     router = running.server.router
     engines = [endpoint.engine for endpoint in (router.primary, *router.replicas)]
     request = stats_pb2.GetThreatStatsRequest(top_n=5)
@@ -444,7 +444,7 @@ def test_recent_questions_are_answered_for_new_data_before_calls_see_it(
 ) -> None:
     from cowrie_stats import metrics
 
-    running = start_server(loaded.settings(data_version_poll_seconds=0.1))
+    running = start_server(loaded.settings(data_version_poll_interval=0.1))
     watch = running.server.versions
     assert watch is not None
     asked = [
@@ -468,7 +468,7 @@ def test_recent_questions_are_answered_for_new_data_before_calls_see_it(
 def test_warm_up_stops_at_a_database_failure(
     loaded: Database, start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    running = start_server(loaded.settings(data_version_poll_interval=60))
     running.stub.GetSessionStats(stats_pb2.GetSessionStatsRequest())
     running.server.router.primary.engine.dispose()
     Path(running.server.settings.database_url.removeprefix("sqlite:///")).unlink()
@@ -486,7 +486,7 @@ def test_answer_from_another_version_is_returned_not_cached(
 
     # A poll interval longer than the test: the watched version stays behind the ingest.
     # Primary reads bypass it.
-    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    running = start_server(loaded.settings(data_version_poll_interval=60))
     request = stats_pb2.GetSessionStatsRequest()
     first = running.stub.GetSessionStats(request)
     loaded.ingest([_one_more_session(tmp_path, "late-three")])
@@ -508,7 +508,7 @@ def test_answer_from_another_version_is_returned_not_cached(
 
 
 def test_both_cache_paths_share_answers(loaded: Database, start_server: StartServer) -> None:
-    running = start_server(loaded.settings(data_version_poll_seconds=60))
+    running = start_server(loaded.settings(data_version_poll_interval=60))
     request = stats_pb2.GetThreatStatsRequest(top_n=3)
     watched = running.stub.GetThreatStats(request)
     primary = (("x-cowrie-read-from", "primary"),)

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,13 @@ from cowrie_stats import __version__
 from cowrie_stats.cli import main
 from cowrie_stats.sample import write_sample
 from cowrie_stats.settings import (
+    SETTINGS_TABLE,
+    Choice,
+    Flag,
+    Integer,
+    Number,
+    Parser,
+    Settings,
     SettingsError,
     exposure_warning,
     is_loopback,
@@ -26,6 +33,7 @@ from cowrie_stats.settings import (
     redact_url,
     warn_if_exposed,
 )
+from cowrie_stats.validation import Limits
 
 
 def test_defaults() -> None:
@@ -86,10 +94,10 @@ def test_bad_values_are_refused_with_the_variable_name(env: dict[str, str], mess
 def test_booleans() -> None:
     assert not load_settings(
         {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "off"}
-    ).open_methods_without_key
+    ).open_health_and_reflection
     assert load_settings(
         {"COWRIE_STATS_OPEN_HEALTH_AND_REFLECTION": "yes"}
-    ).open_methods_without_key
+    ).open_health_and_reflection
 
 
 def test_env_file_must_be_private(tmp_path: Path) -> None:
@@ -216,18 +224,82 @@ def test_ingest_watch_exposes_metrics_and_stops_on_sigterm(tmp_path: Path) -> No
     assert len(summaries) >= 2
 
 
-def test_env_example_lists_every_variable() -> None:
-    import re
+def test_help_of_each_command_lists_the_settings_it_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    commands = {command for row in SETTINGS_TABLE for command in row.spec.commands}
+    assert commands == {"serve", "migrate", "ingest", "prune", "dead-letters", "healthcheck"}
+    for command in sorted(commands):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # help wraps lines
+        named = {row.variable for row in SETTINGS_TABLE if row.variable in text}
+        assert named >= {r.variable for r in SETTINGS_TABLE if command in r.spec.commands}
+        for row in SETTINGS_TABLE:  # with its default, where the table lists it
+            if command in row.spec.commands and row.shown_default and command != "healthcheck":
+                assert f"default {row.shown_default}" in text, (command, row.variable)
 
-    from conftest import REPO
 
-    source = (REPO / "cowrie_stats" / "settings.py").read_text()
-    read = set(
-        re.findall(r'_(?:raw|int|float|choice|bool|optional_path)\(env, "([A-Z_]+)"', source)
+def test_table_field_names_are_the_variable_names() -> None:
+    assert [row.field for row in SETTINGS_TABLE] == [f.name for f in fields(Settings)]
+    for row in SETTINGS_TABLE:
+        assert row.variable == "COWRIE_STATS_" + row.field.upper()
+        assert row.spec.help and row.spec.commands, row.variable
+        assert getattr(Settings(), row.field) == row.default
+    assert Limits() == Limits(
+        Settings.max_sensors_per_request, Settings.max_window_days
+    )  # validation's limits default to the settings'
+
+
+def other_than_default(parser: Parser[object]) -> str | None:
+    """A valid text for ``parser`` that no setting has as its default."""
+    if isinstance(parser, Integer):
+        return str(parser.maximum)
+    if isinstance(parser, Number):
+        return "12.5"
+    if isinstance(parser, Choice):
+        return parser.choices[-1]
+    return "false" if isinstance(parser, Flag) else None
+
+
+def test_every_value_is_read_from_its_variable_and_file_twin(tmp_path: Path) -> None:
+    paths = tmp_path / "file.pem"
+    paths.write_text("pem")
+    paths.chmod(0o600)
+    env: dict[str, str] = {}
+    expected: dict[str, object] = {}
+    for row in SETTINGS_TABLE:
+        text = other_than_default(row.spec.parser)
+        if text is not None:
+            env[row.variable] = text
+            expected[row.field] = row.spec.parser.parse(row.variable, text)
+    settings = load_settings(env)
+    assert {name: getattr(settings, name) for name in expected} == expected
+    defaults = Settings()
+    assert [f for f in expected if expected[f] == getattr(defaults, f)] == []  # each was read
+    twin = tmp_path / "port"
+    twin.write_text("6001\n")
+    twin.chmod(0o600)
+    assert load_settings({"COWRIE_STATS_GRPC_PORT_FILE": str(twin)}).grpc_port == 6001
+    keys = load_settings({"COWRIE_STATS_API_KEYS_FILE": str(paths)})
+    assert keys.api_keys_file == str(paths)
+
+
+def test_secrets_stay_out_of_the_settings_repr(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "COWRIE_STATS_DATABASE_URL": "postgresql://stats@db/stats",
+            "COWRIE_STATS_DATABASE_PASSWORD": "hunter2-s3cret",
+        }
     )
-    example = (REPO / ".env.example").read_text()
-    assert read, "the pattern no longer finds the settings"
-    assert sorted(k for k in read if f"COWRIE_STATS_{k}" not in example) == []
+    assert settings.primary_url.password == "hunter2-s3cret"
+    assert "hunter2" not in repr(settings)
+    secret = {row.variable for row in SETTINGS_TABLE if row.spec.secret}
+    assert secret == {
+        "COWRIE_STATS_DATABASE_URL",
+        "COWRIE_STATS_DATABASE_PASSWORD",
+        "COWRIE_STATS_REPLICA_URLS",
+    }
 
 
 def test_cli_in_process(

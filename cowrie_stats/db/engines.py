@@ -91,10 +91,10 @@ def _postgresql_engine(url: URL, settings: Settings, secrets: dict[str, str]) ->
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
-        pool_recycle=settings.db_pool_recycle_seconds,
-        pool_timeout=settings.db_connect_timeout_seconds,
+        pool_recycle=settings.db_pool_recycle,
+        pool_timeout=settings.db_connect_timeout,
         connect_args={
-            "connect_timeout": settings.db_connect_timeout_seconds,
+            "connect_timeout": settings.db_connect_timeout,
             "application_name": "cowrie-stats",
             **secrets,
         },
@@ -107,7 +107,7 @@ def _postgresql_engine(url: URL, settings: Settings, secrets: dict[str, str]) ->
         # SQLAlchemy hands each attempt its own copy of the parameters.
         chosen = _CONNECT_TIMEOUT.get()
         if chosen is not None:
-            params["connect_timeout"] = min(chosen, settings.db_connect_timeout_seconds)
+            params["connect_timeout"] = min(chosen, settings.db_connect_timeout)
 
     return engine
 

@@ -90,8 +90,8 @@ class Router:
             Endpoint(redact_url(url), create_db_engine(url, settings), is_primary=False)
             for url in settings.replica_urls
         ]
-        self.limit = settings.max_replica_lag_seconds
-        self.interval = settings.replica_check_interval_seconds
+        self.limit = settings.max_replica_lag
+        self.interval = settings.replica_check_interval
         self._rotation = itertools.count()
         self._fallback_logged = False
         self._outage = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cowrie_stats.usage import environment, help_row
+
 NO_LOG_FILES = "(a directory scan reads files whose names contain .json; see ingest --help)"
 MAX_BATCH_LINES = 1_000_000
 DESCRIPTION = """\
@@ -20,20 +22,12 @@ PATH is any of:
     (files named on the command line are read as given)
   -  standard input (plain or gzip)"""
 
-EPILOG = """\
-environment (COWRIE_STATS_*, also from a mode-600 .env file; *_FILE variants read a file):
-  COWRIE_STATS_DATABASE_URL            the primary database (default sqlite:///var/cowrie-stats.db)
-  COWRIE_STATS_DATABASE_PASSWORD_FILE  its password, when the URL has none
-  COWRIE_STATS_INGEST_WORKERS          parse processes for inputs over 50,000 lines (default 1)
-  COWRIE_STATS_INGEST_MAX_LINE_BYTES   longest line read (default 1048576); longer ones are
-                                       dead-lettered and skipped
-  COWRIE_STATS_RETENTION_DAYS         after each pass, prune sessions that ended before UTC
-                                       midnight this many days ago (default 0: keep all)
-  COWRIE_STATS_DB_CONNECT_TIMEOUT      seconds to wait for the database (default 5)
-  COWRIE_STATS_METRICS_PORT, _HOST     with --watch: serve Prometheus metrics (default off)
-  COWRIE_STATS_LOG_LEVEL, _LOG_FORMAT  logging of the process
-  COWRIE_STATS_ENV_FILE                the .env file to read (default .env)
-
+EPILOG = (
+    "environment (COWRIE_STATS_*, also from a mode-600 .env file; *_FILE variants read a file):\n"
+    + environment(
+        "ingest", help_row("COWRIE_STATS_ENV_FILE", "the .env file to read (default .env)")
+    )
+    + """
 exit status:
   0    done (dead letters alone are no failure while some line was usable)
   1    nothing was read: database unavailable or not migrated, the role may not
@@ -48,6 +42,7 @@ exit status:
 example:
   cowrie-stats ingest --sensor honeypot-1 /var/log/cowrie
   zcat old/cowrie.json.*.gz | cowrie-stats ingest --json --sensor honeypot-1 -"""
+)
 
 
 def batch_lines(text: str) -> int:
