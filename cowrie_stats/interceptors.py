@@ -19,6 +19,7 @@ from cowrie_stats import metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
 from cowrie_stats.errors import FieldViolation, InvalidArgumentError, abort
+from cowrie_stats.periodic import Periodic
 from cowrie_stats.servicer import DATA_LAG
 from cowrie_stats.settings import Settings
 
@@ -91,8 +92,7 @@ class AccessLog:
         self._pending: deque[tuple[float, str, str, float, str | None, str | None]] = deque()
         self._flushing = threading.Lock()
         self._dropping = threading.Lock()  # only taken when lines are dropped
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flusher = Periodic("access-log", self.flush, interval, logger=log)
 
     def add(
         self, method: str, code: grpc.StatusCode, elapsed: float, data_lag: str | None = None
@@ -132,18 +132,10 @@ class AccessLog:
         log.handle(record)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="access-log", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+        self._flusher.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._flusher.close()
         self.flush()
 
 
