@@ -37,6 +37,7 @@ import psycopg
 from sqlalchemy import create_engine, text
 
 from bench import generate
+from cowrie_stats.periodic import Periodic
 
 REPO = Path(__file__).resolve().parent.parent
 COPY_CHUNK = 1 << 20
@@ -171,15 +172,13 @@ class TreeSampler:
         self._postgres: set[int] = set()
         self._descendants: set[int] = set()
         self._before = self._postgres_ticks()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._sampler = Periodic("bench-sampler", self._sample, interval)
 
     def start(self) -> None:
-        self._thread.start()
+        self._sampler.start()
 
     def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
+        self._sampler.close()
 
     def descendants_cpu_seconds(self) -> float:
         ticks = sum(self._ticks.get(pid, 0) for pid in self._descendants)
@@ -189,17 +188,16 @@ class TreeSampler:
         ticks = sum(self._ticks.get(pid, 0) - self._before.get(pid, 0) for pid in self._postgres)
         return ticks / CLOCK_TICKS
 
-    def _loop(self) -> None:
-        while not self._done.wait(self.interval):
-            processes = _processes()
-            tree = _tree(self.pid, processes)
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in tree))
-            for pid in tree[1:]:  # the root's own time comes exact from wait4
-                self._descendants.add(pid)
-                self._ticks[pid] = processes[pid].cpu_ticks
-            for pid, ticks in self._postgres_ticks(processes).items():
-                self._postgres.add(pid)
-                self._ticks[pid] = ticks
+    def _sample(self) -> None:
+        processes = _processes()
+        tree = _tree(self.pid, processes)
+        self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in tree))
+        for pid in tree[1:]:  # the root's own time comes exact from wait4
+            self._descendants.add(pid)
+            self._ticks[pid] = processes[pid].cpu_ticks
+        for pid, ticks in self._postgres_ticks(processes).items():
+            self._postgres.add(pid)
+            self._ticks[pid] = ticks
 
     def _postgres_ticks(self, processes: dict[int, _Process] | None = None) -> dict[int, int]:
         found = processes if processes is not None else _processes()

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cowrie_stats.deadline import Deadline
 from cowrie_stats.queries.activity import FleetActivity, fleet_activity
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ class ActivityCollector(Collector):
             return self._answer
         try:
             answer: FleetActivity | None = router.run_read(
-                partial(fleet_activity, limit=self.max_sensors), self.timeout_seconds
+                partial(fleet_activity, limit=self.max_sensors),
+                Deadline.after(self.timeout_seconds),
             )
         except Exception as error:  # a scrape must still answer: the failure is a series
             if self._answer is not None or self._read_at is None:

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cowrie_stats import metrics
+from cowrie_stats.deadline import Deadline
 from cowrie_stats.errors import DeadlineExceededError
+from cowrie_stats.periodic import Periodic
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -70,12 +72,16 @@ class ResultCache:
         self,
         key: Hashable,
         compute: Callable[[], T],
-        wait_seconds: float,
+        deadline: Deadline,
         keep: Callable[[T], bool] = lambda _value: True,
         size_of: Callable[[T], int] = sys.getsizeof,
     ) -> T:
         """The cached value of ``key``, else ``compute()``, stored when ``keep`` says so
-        and it is small enough (``size_of`` bytes)."""
+        and it is small enough (``size_of`` bytes).
+
+        A caller that finds the same key being computed waits for that answer
+        until ``deadline`` (then DeadlineExceededError).
+        """
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -86,7 +92,7 @@ class ResultCache:
             if flight is None:
                 flight = self._flights[key] = _Flight()
         if not leader:
-            if not flight.done.wait(wait_seconds):
+            if not flight.done.wait(deadline.remaining()):
                 raise DeadlineExceededError("deadline passed waiting for the same query")
             if not flight.failed:
                 metrics.CACHE_HITS.inc()
@@ -160,9 +166,15 @@ class DataVersionWatch:
         self._version: int | None = None
         self._read_at = 0.0
         self._warming = False
-        self._failing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A failing poll logs once per outage: the router logs its reasons.
+        self._polls = Periodic(
+            "data-version",
+            self.poll,
+            interval_seconds,
+            failing="data version unknown",
+            recovered="data version known again",
+            logger=log,
+        )
 
     def current(self) -> int | None:
         age = time.monotonic() - self._read_at
@@ -171,16 +183,8 @@ class DataVersionWatch:
         return self._version
 
     def poll(self) -> None:
-        try:
-            version = self.read_version()
-        except Exception as error:  # any failure only means "unknown"
-            if not self._failing:  # once per outage: the router logs its reasons
-                log.warning("data version unknown", extra={"error": type(error).__name__})
-            self._failing = True
-            return
-        if self._failing:
-            log.info("data version known again")
-            self._failing = False
+        """Read the version (warming the cache when it changed); a failure raises."""
+        version = self.read_version()
         self._read_at = time.monotonic()
         if self._version is not None and version != self._version:
             self._warming = True
@@ -191,21 +195,15 @@ class DataVersionWatch:
         self._version, self._read_at = version, time.monotonic()
 
     def start(self) -> None:
-        self.poll()
-        self._thread = threading.Thread(target=self._loop, name="data-version", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            self.poll()
+        """Read the version now (a failure only means "unknown"), then every interval."""
+        self._polls.run_now()
+        self._polls.start()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._polls.stopping
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            # A warm-up query may still run; the thread is a daemon and stops at the
-            # next request, so shutdown does not wait for it.
-            self._thread.join(timeout=self.interval_seconds)
+        # A warm-up query may still run; the thread is a daemon and stops at the
+        # next request, so shutdown does not wait for it.
+        self._polls.close(timeout=self.interval_seconds)

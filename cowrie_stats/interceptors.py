@@ -27,6 +27,7 @@ from cowrie_stats.errors import (
     abort,
     request_id_of,
 )
+from cowrie_stats.periodic import Periodic
 from cowrie_stats.servicer import DATA_LAG, DATA_LAG_HEADER
 from cowrie_stats.settings import Settings
 
@@ -113,8 +114,7 @@ class AccessLog:
         self._pending: deque[Call] = deque()
         self._flushing = threading.Lock()
         self._dropping = threading.Lock()  # only taken when lines are dropped
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flusher = Periodic("access-log", self.flush, interval, logger=log)
 
     def add(self, call: Call) -> None:
         if not log.isEnabledFor(logging.INFO):  # COWRIE_STATS_LOG_LEVEL above INFO
@@ -154,18 +154,10 @@ class AccessLog:
         log.handle(record)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="access-log", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+        self._flusher.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._flusher.close()
         self.flush()
 
 

@@ -32,9 +32,11 @@ from cowrie_stats.activity import ACTIVITY
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.routing import Router
 from cowrie_stats.db.schema import check_schema
+from cowrie_stats.deadline import Deadline
 from cowrie_stats.guard import REFUSALS, CallGuard, Watchdog
 from cowrie_stats.health import HealthServicer
 from cowrie_stats.interceptors import AccessLog, build_interceptors
+from cowrie_stats.periodic import Periodic
 from cowrie_stats.queries import data_version
 from cowrie_stats.servicer import CowrieStatsServicer
 from cowrie_stats.settings import Settings
@@ -42,6 +44,7 @@ from cowrie_stats.validation import Limits
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
+HEALTH_JOIN_SECONDS = 5.0  # a health check contacts endpoints with a 2 s connect timeout
 #: Calls the probe listener takes at once besides its watchers (it answers health only).
 PROBE_CALLS_BEYOND_WATCHERS = 8
 
@@ -97,7 +100,9 @@ class StatsServer:
         self.watchdog = Watchdog(settings.receive_timeout_seconds)
         self.health = HealthServicer(self.watchdog, settings.max_health_watchers)
         self._stopping = threading.Event()
-        self._health_thread: threading.Thread | None = None
+        self._health_checks = Periodic(
+            "db-health", self._check_health, HEALTH_CHECK_INTERVAL_SECONDS, logger=log
+        )
         self.access_log = AccessLog()
         guard = CallGuard(
             self.watchdog, threading.BoundedSemaphore(settings.max_workers), f"/{SERVICE_NAME}/"
@@ -127,7 +132,9 @@ class StatsServer:
         self.versions: DataVersionWatch | None = None
         if cache is not None and settings.data_version_poll_interval > 0:
             servicer.versions = self.versions = DataVersionWatch(
-                lambda: self.router.run_read(data_version, settings.data_version_poll_interval),
+                lambda: self.router.run_read(
+                    data_version, Deadline.after(settings.data_version_poll_interval)
+                ),
                 settings.data_version_poll_interval,
                 before_publishing=servicer.warm,
             )
@@ -196,10 +203,7 @@ class StatsServer:
         self.server.start()
         if self.probe_server is not None:
             self.probe_server.start()
-        self._health_thread = threading.Thread(
-            target=self._health_loop, name="db-health", daemon=True
-        )
-        self._health_thread.start()
+        self._health_checks.start()
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         log.info("serving", extra={"address": address, "port": self.port})
         if self.probe_server is not None:
@@ -220,16 +224,16 @@ class StatsServer:
             self.health.set(name, status)
         return answers
 
-    def _health_loop(self) -> None:
-        while not self._stopping.wait(HEALTH_CHECK_INTERVAL_SECONDS):
-            self.update_health()
-            REFUSALS.flush()
+    def _check_health(self) -> None:
+        self.update_health()
+        REFUSALS.flush()
 
     def stop(self, grace: float | None = None) -> None:
         """Flip health to NOT_SERVING, let in-flight calls finish, then stop."""
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._health_checks.stop()  # joined below, once the calls have drained
         self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
@@ -246,6 +250,7 @@ class StatsServer:
         ACTIVITY.detach(self.router)
         if self.versions is not None:
             self.versions.close()
+        self._health_checks.close(timeout=HEALTH_JOIN_SECONDS)  # it must not use a closed router
         self.router.close()
 
     def wait(self) -> None:

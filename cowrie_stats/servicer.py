@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -27,6 +26,7 @@ from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.cache import DataVersionWatch, ResultCache
 from cowrie_stats.db.lag import describe_lag
 from cowrie_stats.db.routing import Answer, Router
+from cowrie_stats.deadline import Deadline
 from cowrie_stats.errors import ResponseTooLargeError, rpc_errors
 from cowrie_stats.queries.sensors import SensorSnapshot
 
@@ -164,21 +164,18 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         work: Callable[[Connection], Sized[T]],
     ) -> Sized[T]:
         """Run ``work`` on a read connection, behind the result cache when there is one."""
-        remaining = context.time_remaining()
-        timeout = self.default_deadline_seconds
-        if remaining is not None:
-            timeout = min(remaining, timeout)
+        deadline = Deadline.of_call(context, self.default_deadline_seconds)
         metadata = dict(context.invocation_metadata())
         prefer_primary = metadata.get(READ_FROM_HEADER, "").lower() == "primary"
         if self.cache is None:
-            answer = self.router.read(work, timeout, prefer_primary=prefer_primary)
+            answer = self.router.read(work, deadline, prefer_primary=prefer_primary)
         else:
             known = None if prefer_primary or self.versions is None else self.versions.current()
             if known is None:
-                answer = self._cached_in_snapshot(request_key, work, timeout, prefer_primary)
+                answer = self._cached_in_snapshot(request_key, work, deadline, prefer_primary)
             else:
                 self._remember(request_key, work)
-                answer = self._cached_at(known, request_key, work, timeout)
+                answer = self._cached_at(known, request_key, work, deadline)
         report_lag(answer.lag_seconds)
         return answer.value
 
@@ -197,13 +194,12 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         """
         with self._recent_lock:
             recent = list(reversed(self._recent.items()))
-        deadline = time.monotonic() + WARM_BUDGET_SECONDS
+        budget = Deadline.after(WARM_BUDGET_SECONDS)
         for request_key, work in recent:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self.versions is not None and self.versions.stopping):
+            if budget.expired or (self.versions is not None and self.versions.stopping):
                 return
             try:
-                self._cached_at(version, request_key, work, remaining)
+                self._cached_at(version, request_key, work, budget)
             except Exception as error:  # callers will meet it themselves; stop here
                 log.warning("cache warm-up stopped", extra={"error": type(error).__name__})
                 return
@@ -212,7 +208,7 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         self,
         request_key: RequestKey,
         work: Callable[[Connection], Sized[T]],
-        timeout: float,
+        deadline: Deadline,
         prefer_primary: bool,
     ) -> Answer[Sized[T]]:
         """Exact: the version is read in the same snapshot as the figures would be.
@@ -228,12 +224,12 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
             return cache.get_or_compute(
                 versioned_key,
                 lambda: Answer(work(conn)),
-                timeout,
+                deadline,
                 keep=self._keepable,
                 size_of=lambda answer: entry_bytes(request_key, answer),
             )
 
-        answer = self.router.read(cached, timeout, prefer_primary=prefer_primary)
+        answer = self.router.read(cached, deadline, prefer_primary=prefer_primary)
         return Answer(answer.value.value, answer.lag_seconds)
 
     def _cached_at(
@@ -241,7 +237,7 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
         known: int,
         request_key: RequestKey,
         work: Callable[[Connection], Sized[T]],
-        timeout: float,
+        deadline: Deadline,
     ) -> Answer[Sized[T]]:
         """Answer for the watched version ``known``; a hit touches no database.
 
@@ -261,8 +257,8 @@ class CowrieStatsServicer(stats_pb2_grpc.CowrieStatsServiceServicer):
 
         return cache.get_or_compute(
             (request_key, known),
-            lambda: self.router.read(versioned, timeout),
-            timeout,
+            lambda: self.router.read(versioned, deadline),
+            deadline,
             keep=lambda answer: (
                 snapshot_versions[-1] == known
                 and answer.lag_seconds is None

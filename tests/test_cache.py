@@ -10,6 +10,7 @@ import pytest
 
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
 from cowrie_stats.cache import MAX_ENTRY_SHARE, DataVersionWatch, ResultCache
+from cowrie_stats.deadline import NO_DEADLINE, Deadline
 from cowrie_stats.errors import DeadlineExceededError
 from cowrie_stats.servicer import request_key
 from cowrie_stats.validation import Filters, Limits, Window, threat_request
@@ -18,29 +19,31 @@ from cowrie_stats.validation import Filters, Limits, Window, threat_request
 def test_lru_keeps_the_most_recent_entries() -> None:
     cache = ResultCache(max_entries=2)
     for key in ("a", "b", "a", "c"):  # the hit on "a" makes "b" the oldest
-        cache.get_or_compute(key, key.upper, 1)
+        cache.get_or_compute(key, key.upper, NO_DEADLINE)
     assert len(cache) == 2
-    assert cache.get_or_compute("a", lambda: "recomputed", 1) == "A"
-    assert cache.get_or_compute("c", lambda: "recomputed", 1) == "C"
-    assert cache.get_or_compute("b", lambda: "recomputed", 1) == "recomputed"
+    assert cache.get_or_compute("a", lambda: "recomputed", NO_DEADLINE) == "A"
+    assert cache.get_or_compute("c", lambda: "recomputed", NO_DEADLINE) == "C"
+    assert cache.get_or_compute("b", lambda: "recomputed", NO_DEADLINE) == "recomputed"
 
 
 def test_bytes_bound_evicts_the_least_recently_used() -> None:
     cache = ResultCache(max_entries=100, max_bytes=800)  # entries of at most 100 bytes
     for key in ("a", "b", "c", "d", "e", "f", "g", "h"):
-        cache.get_or_compute(key, lambda: "x" * 100, 1, size_of=len)
+        cache.get_or_compute(key, lambda: "x" * 100, NO_DEADLINE, size_of=len)
     assert (len(cache), cache.bytes) == (8, 800)
-    cache.get_or_compute("a", lambda: "recomputed", 1, size_of=len)  # a hit: "b" is oldest
-    cache.get_or_compute("i", lambda: "y" * 60, 1, size_of=len)
+    cache.get_or_compute(
+        "a", lambda: "recomputed", NO_DEADLINE, size_of=len
+    )  # a hit: "b" is oldest
+    cache.get_or_compute("i", lambda: "y" * 60, NO_DEADLINE, size_of=len)
     assert (len(cache), cache.bytes) == (8, 760)
-    assert cache.get_or_compute("b", lambda: "gone", 1, size_of=len) == "gone"
-    assert cache.get_or_compute("a", lambda: "recomputed", 1, size_of=len) == "x" * 100
+    assert cache.get_or_compute("b", lambda: "gone", NO_DEADLINE, size_of=len) == "gone"
+    assert cache.get_or_compute("a", lambda: "recomputed", NO_DEADLINE, size_of=len) == "x" * 100
 
 
 def test_an_entry_over_its_share_of_the_bytes_is_returned_not_kept() -> None:
     cache = ResultCache(max_entries=100, max_bytes=8 * MAX_ENTRY_SHARE)
     huge = "z" * (cache.max_entry_bytes + 1)
-    assert cache.get_or_compute("k", lambda: huge, 1, size_of=len) == huge
+    assert cache.get_or_compute("k", lambda: huge, NO_DEADLINE, size_of=len) == huge
     assert (len(cache), cache.bytes) == (0, 0)
     assert cache.put("k", "12345678", 8) and cache.bytes == 8
     assert cache.put("k", "1234", 4) and (len(cache), cache.bytes) == (1, 4)  # replaced
@@ -83,7 +86,9 @@ def test_concurrent_misses_compute_once() -> None:
         return "answer"
 
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(cache.get_or_compute, "k", slow, 5) for _ in range(8)]
+        futures = [
+            pool.submit(cache.get_or_compute, "k", slow, Deadline.after(5)) for _ in range(8)
+        ]
         answers = [f.result() for f in futures]
     assert answers == ["answer"] * 8
     assert calls == 1
@@ -98,9 +103,11 @@ def test_waiters_compute_themselves_when_the_leader_fails() -> None:
         raise RuntimeError("endpoint lost")
 
     with ThreadPoolExecutor(2) as pool:
-        leader = pool.submit(cache.get_or_compute, "k", failing, 5)
+        leader = pool.submit(cache.get_or_compute, "k", failing, Deadline.after(5))
         time.sleep(0.1)
-        waiter = pool.submit(cache.get_or_compute, "k", lambda: "from the waiter", 5)
+        waiter = pool.submit(
+            cache.get_or_compute, "k", lambda: "from the waiter", Deadline.after(5)
+        )
         time.sleep(0.1)
         gate.set()
         with pytest.raises(RuntimeError):
@@ -112,19 +119,23 @@ def test_waiting_is_bounded_by_the_deadline() -> None:
     cache = ResultCache(max_entries=8)
     release = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        pool.submit(cache.get_or_compute, "k", lambda: release.wait(5) and "late", 5)
+        pool.submit(
+            cache.get_or_compute, "k", lambda: release.wait(5) and "late", Deadline.after(5)
+        )
         time.sleep(0.1)
         with pytest.raises(DeadlineExceededError):
-            cache.get_or_compute("k", lambda: "never", 0.1)
+            cache.get_or_compute("k", lambda: "never", Deadline.after(0.1))
         release.set()
 
 
 def test_values_keep_refuses_are_returned_not_stored() -> None:
     cache = ResultCache(max_entries=8)
-    assert cache.get_or_compute("k", lambda: "odd", 1, keep=lambda v: v != "odd") == "odd"
+    assert cache.get_or_compute("k", lambda: "odd", NO_DEADLINE, keep=lambda v: v != "odd") == "odd"
     assert len(cache) == 0
-    assert cache.get_or_compute("k", lambda: "even", 1, keep=lambda v: v != "odd") == "even"
-    assert cache.get_or_compute("k", lambda: "later", 1) == "even"
+    assert (
+        cache.get_or_compute("k", lambda: "even", NO_DEADLINE, keep=lambda v: v != "odd") == "even"
+    )
+    assert cache.get_or_compute("k", lambda: "later", NO_DEADLINE) == "even"
 
 
 def test_watched_version_is_unknown_before_a_read_and_after_failing_reads() -> None:

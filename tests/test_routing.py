@@ -27,7 +27,8 @@ from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2, stats_pb2_grpc
 from cowrie_stats.db.endpoints import RECHECK_MAX_SECONDS
 from cowrie_stats.db.engines import create_db_engine
 from cowrie_stats.db.routing import Router
-from cowrie_stats.errors import UnavailableError
+from cowrie_stats.deadline import Deadline
+from cowrie_stats.errors import DeadlineExceededError, UnavailableError, translate
 from cowrie_stats.ingest.reader import Ingester
 from cowrie_stats.sample import write_sample
 from cowrie_stats.server import StatsServer
@@ -422,6 +423,23 @@ def test_state_changes_are_logged_once_each_with_reason_and_lag(
     assert "is healthy: lag " in lines[1] and "<= limit 0.5 s" in lines[1]
     records = [r for r in caplog.records if r.getMessage() in lines]
     assert getattr(records[0], "lag_seconds", 0) > 0.5
+
+
+def statement_timeout_ms(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            text("SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'")
+        ).scalar_one()
+    )
+
+
+def test_the_deadline_is_each_reads_statement_timeout(router: Router) -> None:
+    within = router.run_read(statement_timeout_ms, Deadline.after(3.0))
+    assert 2500 < within <= 3000
+    assert router.run_read(statement_timeout_ms) == 0  # no deadline: none set
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - checked just below
+        router.run_read(lambda conn: conn.execute(text("SELECT pg_sleep(5)")), Deadline.after(0.3))
+    assert isinstance(translate(caught.value), DeadlineExceededError)  # cancelled on the server
 
 
 def test_no_endpoint_raises_unavailable(settings: Settings, cluster: PgCluster) -> None:

@@ -344,6 +344,7 @@ def test_in_process_stop_flips_health_before_draining(
 
 def test_deadline_stops_the_remaining_queries_of_a_call(loaded: Database) -> None:
     from cowrie_stats.db.routing import Router
+    from cowrie_stats.deadline import Deadline
     from cowrie_stats.errors import DeadlineExceededError, translate
 
     router = Router(loaded.settings())
@@ -355,7 +356,7 @@ def test_deadline_stops_the_remaining_queries_of_a_call(loaded: Database) -> Non
 
     try:
         with pytest.raises(Exception) as caught:  # noqa: PT011 - checked just below
-            router.run_read(slow_work, timeout_seconds=0.1)
+            router.run_read(slow_work, Deadline.after(0.1))
         assert isinstance(translate(caught.value), DeadlineExceededError)
         assert router.run_read(lambda conn: conn.execute(text("SELECT 3")).scalar_one()) == 3
     finally:

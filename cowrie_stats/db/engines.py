@@ -1,15 +1,14 @@
 """Engine construction: one SQLAlchemy engine (and pool) per database endpoint.
 
 Two per-call limits are attached to every engine here, so that the router can
-bound each attempt by what is left of the call's deadline: a deadline checked
-between statements (:data:`DEADLINE_KEY` in ``Connection.info``), and, on
-PostgreSQL, a connect timeout chosen per attempt (:func:`connect_timeout`).
+bound each attempt by what is left of the call's :class:`Deadline`: the deadline
+checked between statements (under :data:`DEADLINE_KEY` in ``Connection.info``),
+and, on PostgreSQL, a connect timeout chosen per attempt (:func:`connect_timeout`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from cowrie_stats.deadline import Deadline
 from cowrie_stats.errors import DeadlineExceededError
 from cowrie_stats.settings import Settings, is_secret_parameter
 
@@ -60,12 +60,14 @@ def split_secret_parameters(url: URL) -> tuple[URL, dict[str, str]]:
 
 
 @contextmanager
-def connect_timeout(seconds: float | None) -> Iterator[None]:
-    """Connections opened inside give up after ``seconds`` (rounded up; PostgreSQL only).
+def connect_timeout(deadline: Deadline) -> Iterator[None]:
+    """Connections opened inside give up at ``deadline`` (whole seconds, at least
+    :data:`MIN_CONNECT_TIMEOUT_SECONDS`; PostgreSQL only).
 
-    None keeps the engine's configured timeout. Connections taken from the
-    pool are not affected: only new ones wait for a server.
+    Without a deadline the engine's configured timeout applies. Connections
+    taken from the pool are not affected: only new ones wait for a server.
     """
+    seconds = deadline.remaining()
     token = _CONNECT_TIMEOUT.set(
         None if seconds is None else max(MIN_CONNECT_TIMEOUT_SECONDS, math.ceil(seconds))
     )
@@ -80,8 +82,8 @@ def _check_deadline(conn: Connection, *_args: object) -> None:
 
     The statement timeout bounds each statement; this bounds the sum of them.
     """
-    deadline = conn.info.get(DEADLINE_KEY)
-    if deadline is not None and time.monotonic() >= deadline:
+    deadline: Deadline | None = conn.info.get(DEADLINE_KEY)
+    if deadline is not None and deadline.expired:
         raise DeadlineExceededError("the request deadline passed; remaining queries skipped")
 
 

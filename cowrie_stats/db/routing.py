@@ -48,7 +48,9 @@ from cowrie_stats.db.engines import (
     connect_timeout,
     create_db_engine,
 )
+from cowrie_stats.deadline import NO_DEADLINE, Deadline
 from cowrie_stats.errors import DeadlineExceededError, UnavailableError, classify
+from cowrie_stats.periodic import Periodic
 from cowrie_stats.settings import Settings, redact_url
 
 __all__ = ["Answer", "Endpoint", "Router"]
@@ -96,9 +98,14 @@ class Router:
         self._fallback_logged = False
         self._outage = False
         self._outage_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._checks = Periodic(
+            "db-checks",
+            self.check_due,
+            self.interval,
+            next_delay=self._until_next_check,
+            first_delay=0.0,
+            logger=log,
+        )
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -137,25 +144,24 @@ class Router:
     def run_read(
         self,
         work: Callable[[Connection], T],
-        timeout_seconds: float | None = None,
+        deadline: Deadline = NO_DEADLINE,
         prefer_primary: bool = False,
     ) -> T:
         """The value of :meth:`read` from current data only (no lagging replica)."""
-        return self.read(work, timeout_seconds, prefer_primary, allow_lagging=False).value
+        return self.read(work, deadline, prefer_primary, allow_lagging=False).value
 
     def read(
         self,
         work: Callable[[Connection], T],
-        timeout_seconds: float | None = None,
+        deadline: Deadline = NO_DEADLINE,
         prefer_primary: bool = False,
         allow_lagging: bool = True,
     ) -> Answer[T]:
         """Run ``work`` in a read transaction on the freshest endpoint that answers.
 
         Raises UnavailableError when none answered, DeadlineExceededError when
-        the time ran out first.
+        ``deadline`` passed first.
         """
-        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         failed: set[Endpoint] = set()
         behind: list[Endpoint] = []  # set aside during this read
         # Each stage looks at the states as they are then: other reads and the
@@ -188,16 +194,15 @@ class Router:
         endpoint: Endpoint,
         stage: str,
         work: Callable[[Connection], T],
-        deadline: float | None,
+        deadline: Deadline,
         failed: set[Endpoint],
     ) -> Answer[T]:
         """``work``'s answer from ``endpoint``; failures are recorded, then raised."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        if deadline.expired:
             raise DeadlineExceededError("the request deadline passed before a database answered")
         connected = False
         try:
-            with self._read_connection(endpoint, remaining, stage) as (conn, lag):
+            with self._read_connection(endpoint, deadline, stage) as (conn, lag):
                 connected = True
                 value = work(conn)
         except sa_exc.DBAPIError as error:
@@ -211,20 +216,17 @@ class Router:
             raise _EndpointFailedError from error
         return Answer(value, lag if lag > self.limit else None)
 
-    def _connect(self, endpoint: Endpoint, remaining: float | None, short: bool) -> Connection:
+    def _connect(self, endpoint: Endpoint, deadline: Deadline, short: bool) -> Connection:
         """A connection; ``short`` (a last resort, a probe) waits at most 2 s for a new one."""
-        seconds = float(MIN_CONNECT_TIMEOUT_SECONDS) if short else None
-        if remaining is not None:
-            seconds = remaining if seconds is None else min(seconds, remaining)
-        with connect_timeout(seconds):
+        with connect_timeout(deadline.within(MIN_CONNECT_TIMEOUT_SECONDS) if short else deadline):
             return endpoint.engine.connect()
 
     @contextmanager
     def _read_connection(
-        self, endpoint: Endpoint, timeout: float | None, stage: str
+        self, endpoint: Endpoint, deadline: Deadline, stage: str
     ) -> Iterator[tuple[Connection, float]]:
         """A connection in a read transaction, and the lag it reads at."""
-        with self._connect(endpoint, timeout, short=stage != FRESH) as conn:
+        with self._connect(endpoint, deadline, short=stage != FRESH) as conn:
             lag = 0.0
             if stage != FRESH:  # not known to be current: learn its state from this contact
                 lag = self._contact(endpoint, conn).lag_seconds
@@ -239,17 +241,16 @@ class Router:
                 # Keep the dict itself: once the connection breaks mid-call, touching
                 # conn.info again would raise instead of the original error.
                 info = conn.info
-                if timeout is not None:
-                    info[DEADLINE_KEY] = time.monotonic() + timeout
+                info[DEADLINE_KEY] = deadline
                 try:
                     if postgresql:
-                        self._begin_snapshot(endpoint, conn, timeout, check=stage == FRESH)
+                        self._begin_snapshot(endpoint, conn, deadline, check=stage == FRESH)
                     yield conn, lag
                 finally:
                     info.pop(DEADLINE_KEY, None)
 
     def _begin_snapshot(
-        self, endpoint: Endpoint, conn: Connection, timeout: float | None, check: bool
+        self, endpoint: Endpoint, conn: Connection, deadline: Deadline, check: bool
     ) -> None:
         """The read's first statement: its statement timeout, and a replica's replay state.
 
@@ -258,19 +259,20 @@ class Router:
         set aside, and checked at once.
         """
         columns = []
-        if timeout is not None:
+        ms = deadline.statement_timeout_ms()
+        if ms is not None:
             columns.append("set_config('statement_timeout', :ms, true)")
         check = check and not endpoint.is_primary
         if check:
             columns.append(replay.REPLAY_COLUMNS)
         if not columns:
             return
-        ms = {"ms": str(max(1, int(timeout * 1000)))} if timeout is not None else {}
-        row = conn.execute(text(f"SELECT {', '.join(columns)}"), ms).one()
+        parameters = {} if ms is None else {"ms": str(ms)}
+        row = conn.execute(text(f"SELECT {', '.join(columns)}"), parameters).one()
         state = replay.ReplayState.of(row[-5:]) if check else None
         if state is not None and replay.lag_at_read(state, endpoint.checked) > self.limit:
             endpoint.check_soon()
-            self._wake.set()
+            self._checks.wake()
             raise _FurtherBehindError
 
     def _contact(self, endpoint: Endpoint, conn: Connection) -> replay.Measurement:
@@ -290,7 +292,7 @@ class Router:
         if self.primary.state == UNREACHABLE:
             return None
         try:
-            with self._connect(self.primary, None, short=True) as conn:
+            with self._connect(self.primary, NO_DEADLINE, short=True) as conn:
                 return replay.primary_flush(conn)
         except sa_exc.TimeoutError:
             return None
@@ -305,7 +307,7 @@ class Router:
         if endpoint.is_primary:
             for replica in self.replicas:
                 replica.check_soon()
-            self._wake.set()
+            self._checks.wake()
         if changed:
             self._changed(endpoint)
 
@@ -327,7 +329,7 @@ class Router:
     def check(self, endpoint: Endpoint) -> bool:
         """Contact ``endpoint`` now and record what it says; True when it answered."""
         try:
-            with self._connect(endpoint, None, short=True) as conn:
+            with self._connect(endpoint, NO_DEADLINE, short=True) as conn:
                 if endpoint.is_primary:
                     conn.execute(text("SELECT 1"))
                 self._contact(endpoint, conn)
@@ -353,25 +355,19 @@ class Router:
 
     def start(self) -> None:
         """Check the replicas, then keep checking in the background (no-op without replicas)."""
-        if not self.replicas or self._thread is not None:
+        if not self.replicas or self._checks.started:
             return
         for endpoint in self.replicas:
             self.check(endpoint)
-        self._thread = threading.Thread(target=self._loop, name="db-checks", daemon=True)
-        self._thread.start()
+        self._checks.start()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            self.check_due()
-            soonest = min(e.next_check for e in self.endpoints) - time.monotonic()
-            self._wake.wait(min(max(soonest, 0.01), 1.0))
+    def _until_next_check(self) -> float:
+        """The wait before the next due check: 10 ms to 1 s, so a new due time is seen soon."""
+        soonest = min(e.next_check for e in self.endpoints) - time.monotonic()
+        return min(max(soonest, 0.01), 1.0)
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._checks.close(timeout=5)
         for endpoint in self.endpoints:
             endpoint.engine.dispose()
 
