@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import grpc
@@ -196,27 +197,13 @@ class AccessLogInterceptor(Interceptor):
         method = handler_call_details.method
         labels = self.methods.get(method, UNKNOWN_METHOD)
         inner = handler.unary_unary
-        deserialize = handler.request_deserializer
-
-        def tolerant_deserialize(raw: bytes) -> Any:
-            # grpc answers INTERNAL when a request does not decode; it is the
-            # caller's fault, so keep it and answer INVALID_ARGUMENT instead.
-            try:
-                return deserialize(raw) if deserialize else raw
-            except DecodeError:
-                return _MALFORMED
 
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             metrics.STARTED.labels(*labels).inc()
             failed = False
             request_id = request_id_of(context.invocation_metadata())
-            tokens = (
-                CALLER.set(None),  # pool threads are reused: forget the last caller
-                DATA_LAG.set(None),
-                REQUEST_ID.set(request_id),
-                VIOLATED_FIELDS.set(()),
-            )
+            tokens = [(var, var.set(value)) for var, value in _call_vars(request_id)]
             try:
                 if request is _MALFORMED:
                     violation = FieldViolation("request", "the message does not decode")
@@ -228,28 +215,59 @@ class AccessLogInterceptor(Interceptor):
                 failed = True
                 raise
             finally:
-                elapsed = time.perf_counter() - started
-                code = _code_of(context, failed)
-                metrics.HANDLED.labels(*labels, code.name).inc()
-                metrics.HANDLING.labels(*labels).observe(elapsed)
-                lag = DATA_LAG.get()
-                if self._worth_a_line(code, elapsed, lag is not None):
-                    call = Call(
-                        time.time(), loggable_method(method), code.name, elapsed,
-                        context.peer(), request_id, CALLER.get(), lag, VIOLATED_FIELDS.get(),
-                    )  # fmt: skip
-                    self.lines.add(call)
-                for var, token in zip(_CALL_VARS, tokens, strict=True):
-                    var.reset(token)  # type: ignore[attr-defined]
+                self._record(method, labels, context, failed, time.perf_counter() - started)
+                for var, token in tokens:
+                    var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
-            request_deserializer=tolerant_deserialize,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
+    def _record(
+        self,
+        method: str,
+        labels: MethodLabels,
+        context: grpc.ServicerContext,
+        failed: bool,
+        elapsed: float,
+    ) -> None:
+        """Count the call and, when the mode says so, queue its access-log line."""
+        code = _code_of(context, failed)
+        metrics.HANDLED.labels(*labels, code.name).inc()
+        metrics.HANDLING.labels(*labels).observe(elapsed)
+        lag = DATA_LAG.get()
+        if self._worth_a_line(code, elapsed, lag is not None):
+            call = Call(
+                time.time(), loggable_method(method), code.name, elapsed, context.peer(),
+                REQUEST_ID.get() or "", CALLER.get(), lag, VIOLATED_FIELDS.get(),
+            )  # fmt: skip
+            self.lines.add(call)
 
-_CALL_VARS = (CALLER, DATA_LAG, REQUEST_ID, VIOLATED_FIELDS)
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """``deserialize`` that keeps an undecodable request as :data:`_MALFORMED`.
+
+    grpc answers INTERNAL when a request does not decode; it is the caller's
+    fault, so the call goes on and answers INVALID_ARGUMENT instead.
+    """
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw) if deserialize else raw
+        except DecodeError:
+            return _MALFORMED
+
+    return tolerant
+
+
+def _call_vars(request_id: str) -> list[tuple[ContextVar[Any], Any]]:
+    """The per-call context and its value at the start of a call.
+
+    Pool threads are reused: the last call's caller, lag and fields are forgotten.
+    """
+    return [(CALLER, None), (DATA_LAG, None), (REQUEST_ID, request_id), (VIOLATED_FIELDS, ())]
 
 
 def _response_headers(request_id: str) -> tuple[tuple[str, str], ...]:
