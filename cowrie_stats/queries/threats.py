@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Connection,
     Select,
+    Subquery,
     case,
     func,
     literal,
@@ -98,51 +100,7 @@ def _raw_uses(kind: int, scope: Scope) -> Select[Any]:
 
 def rank(conn: Connection, scope: Scope, kind: int, top_n: int) -> list[Ranked]:
     """The top ``top_n`` values of ``kind``: uses descending, then text bytewise."""
-    v = ROLLUP_VALUES.c
-    parts: list[Select[Any]] = [
-        select(v.value_id, v.uses, v.first_uses, v.first_ts_us, v.last_ts_us, v.successes).where(
-            v.kind == kind, scope.in_pieces(v.level, v.piece, v.sensor_id)
-        )
-    ]
-    if scope.has_edges:
-        parts.append(_raw_uses(kind, scope))
-    uses = union_all(*parts).subquery("uses") if len(parts) > 1 else parts[0].subquery("uses")
-    u = uses.c
-    grouped = (
-        select(
-            u.value_id.label("value_id"),
-            func.sum(u.uses).label("uses"),
-            func.sum(u.first_uses).label("first_uses"),
-            func.min(u.first_ts_us).label("first_ts_us"),
-            func.max(u.last_ts_us).label("last_ts_us"),
-            func.sum(u.successes).label("successes"),
-        )
-        .group_by(u.value_id)
-        .cte("grouped")
-    )
-    g = grouped.c
-    # Only the groups that can make the top (the n-th count's ties included) meet the
-    # dictionary for the tie-break.
-    threshold = select(g.uses).order_by(g.uses.desc()).limit(1).offset(top_n - 1).scalar_subquery()
-    d = VALUE_DICTIONARY.c
-    top = (
-        select(
-            d.value.label("whole"),
-            d.length.label("length"),
-            g.value_id,
-            g.uses,
-            g.first_uses,
-            g.first_ts_us,
-            g.last_ts_us,
-            g.successes,
-        )
-        .join_from(grouped, VALUE_DICTIONARY, d.id == g.value_id)
-        .where(g.uses >= func.coalesce(threshold, 0))
-        .order_by(g.uses.desc(), bytewise(d.value, conn).asc())
-        .limit(top_n)
-        .subquery("top")
-    )
-    t = top.c
+    t = _top(conn, _grouped_uses(scope, kind), top_n).c
     # The texts are cut here, on the top_n rows only; the order is the whole value's.
     texts = _credential_parts(t.whole, t.length, conn) if kind == CREDENTIAL else _whole(t)
     query = select(
@@ -161,6 +119,58 @@ def rank(conn: Connection, scope: Scope, kind: int, top_n: int) -> list[Ranked]:
         )
         for row in conn.execute(query)
     ]
+
+
+def _grouped_uses(scope: Scope, kind: int) -> CTE:
+    """Per value of ``kind``: its uses and times summed over the scope's pieces and edges."""
+    v = ROLLUP_VALUES.c
+    parts: list[Select[Any]] = [
+        select(v.value_id, v.uses, v.first_uses, v.first_ts_us, v.last_ts_us, v.successes).where(
+            v.kind == kind, scope.in_pieces(v.level, v.piece, v.sensor_id)
+        )
+    ]
+    if scope.has_edges:
+        parts.append(_raw_uses(kind, scope))
+    uses = union_all(*parts).subquery("uses") if len(parts) > 1 else parts[0].subquery("uses")
+    u = uses.c
+    return (
+        select(
+            u.value_id.label("value_id"),
+            func.sum(u.uses).label("uses"),
+            func.sum(u.first_uses).label("first_uses"),
+            func.min(u.first_ts_us).label("first_ts_us"),
+            func.max(u.last_ts_us).label("last_ts_us"),
+            func.sum(u.successes).label("successes"),
+        )
+        .group_by(u.value_id)
+        .cte("grouped")
+    )
+
+
+def _top(conn: Connection, grouped: CTE, top_n: int) -> Subquery:
+    """The ``top_n`` groups with their whole texts, in the answer's order."""
+    g = grouped.c
+    # Only the groups that can make the top (the n-th count's ties included) meet the
+    # dictionary for the tie-break.
+    threshold = select(g.uses).order_by(g.uses.desc()).limit(1).offset(top_n - 1).scalar_subquery()
+    d = VALUE_DICTIONARY.c
+    return (
+        select(
+            d.value.label("whole"),
+            d.length.label("length"),
+            g.value_id,
+            g.uses,
+            g.first_uses,
+            g.first_ts_us,
+            g.last_ts_us,
+            g.successes,
+        )
+        .join_from(grouped, VALUE_DICTIONARY, d.id == g.value_id)
+        .where(g.uses >= func.coalesce(threshold, 0))
+        .order_by(g.uses.desc(), bytewise(d.value, conn).asc())
+        .limit(top_n)
+        .subquery("top")
+    )
 
 
 def _whole(top: Any) -> list[ColumnElement[Any]]:
