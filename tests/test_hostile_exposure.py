@@ -542,3 +542,61 @@ def test_a_partial_request_does_not_hold_a_metrics_thread() -> None:
         assert "python_info" in _metrics_text(server.port)
     finally:
         server.stop()
+
+
+# -- memory of a serving process under strangers -------------------------------------------
+
+SERVER_GROWTH_LIMIT_KB = 64 << 10  # docs/security/README.md
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def _with_unknown_field(size: int) -> bytes:
+    """A GetThreatStats request plus field 99 (length-delimited) of ``size`` random bytes."""
+    payload = os.urandom(size)
+    # Tag 99 << 3 | 2 = 794 and the length, as protobuf varints.
+    return b"\x9a\x06" + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+def test_a_serving_process_stays_small_under_unknown_fields_and_made_up_methods(
+    tmp_path: Path,
+) -> None:
+    """The attacks that once cost 600 MB (cache) and 2 GB (labels) now cost a bounded few."""
+    metrics_port = free_port()
+    env = {
+        "COWRIE_STATS_DATABASE_URL": _migrated(tmp_path),
+        "COWRIE_STATS_API_KEYS_FILE": str(_keys_file(tmp_path)),
+        "COWRIE_STATS_METRICS_PORT": str(metrics_port),
+        "COWRIE_STATS_ACCESS_LOG": "errors",
+    }
+    threats = "/cowrie.stats.v1.CowrieStatsService/GetThreatStats"
+    key = (("x-api-key", KEY),)
+    with serve_process(**env) as serve:
+        with grpc.insecure_channel(f"127.0.0.1:{serve.port}") as channel:
+            ask = _raw_method(channel, threats)
+            for _ in range(5):  # warm: first calls, first scrape
+                ask(_with_unknown_field(900_000), metadata=key, timeout=TIMEOUT)
+            _metrics_text(metrics_port)
+            before = _rss_kb(serve.process.pid)
+            for _ in range(100):
+                ask(_with_unknown_field(900_000), metadata=key, timeout=TIMEOUT)
+            for i in range(3000):
+                _call(channel, f"/attacker.S{i}/Method{i}")
+            scraped = _metrics_text(metrics_port)
+            after = _rss_kb(serve.process.pid)
+        serve.stop()
+    assert len(scraped) < 64 * 1024
+    print(f"serving process: {before >> 10} MiB before, {after >> 10} MiB after the attacks")
+    assert after - before < SERVER_GROWTH_LIMIT_KB, (before, after)
