@@ -38,20 +38,13 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from cowrie_stats.errors import UnauthenticatedError, to_status
-from cowrie_stats.guard import REFUSALS, refuse_from_metadata
+from cowrie_stats.guard import REFUSALS, Handler, Interceptor, refuse_from_metadata
 from cowrie_stats.settings import SettingsError
-
-if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
-    Interceptor = grpc.ServerInterceptor[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    Interceptor = grpc.ServerInterceptor
-    Handler = grpc.RpcMethodHandler
 
 log = logging.getLogger(__name__)
 

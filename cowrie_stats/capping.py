@@ -32,6 +32,10 @@ class CappedText:
     def truncated(self) -> bool:
         return len(self.text) < self.length
 
+    def fields(self, name: str) -> dict[str, Any]:
+        """The contract's fields for this text: ``name``, ``name_truncated``, ``name_length``."""
+        return {name: self.text, f"{name}_truncated": self.truncated, f"{name}_length": self.length}
+
 
 def head(column: ColumnElement[Any], chars: int = MAX_TEXT_CHARS) -> ColumnElement[str]:
     """SQL for the first ``chars`` characters of ``column`` (SQLite and PostgreSQL count

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from cowrie_stats import metrics
 from cowrie_stats._gen.cowrie.stats.v1 import stats_pb2
-from cowrie_stats.auth import CALLER, Handler, Interceptor, build_auth_interceptor
+from cowrie_stats.auth import CALLER, build_auth_interceptor
 from cowrie_stats.errors import (
     REQUEST_ID,
     REQUEST_ID_HEADER,
@@ -28,6 +28,7 @@ from cowrie_stats.errors import (
     abort,
     request_id_of,
 )
+from cowrie_stats.guard import Handler, Interceptor
 from cowrie_stats.periodic import Periodic
 from cowrie_stats.servicer import DATA_LAG, DATA_LAG_HEADER
 from cowrie_stats.settings import Settings

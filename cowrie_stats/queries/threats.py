@@ -232,9 +232,7 @@ def threat_stats(
     def ranked(kind: int, column: str) -> list[stats_pb2.RankedValue]:
         return [
             stats_pb2.RankedValue(
-                value=r.texts[0].text,
-                value_truncated=r.texts[0].truncated,
-                value_length=r.texts[0].length,
+                **r.texts[0].fields("value"),
                 count=r.uses,
                 sessions=r.first_uses + earlier[column][r.value_id],
                 first_seen=timestamp(r.first_ts_us),
@@ -265,12 +263,8 @@ def _credentials(top: list[Ranked]) -> list[stats_pb2.Credential]:
         username, password = r.texts
         credentials.append(
             stats_pb2.Credential(
-                username=username.text,
-                username_truncated=username.truncated,
-                username_length=username.length,
-                password=password.text,
-                password_truncated=password.truncated,
-                password_length=password.length,
+                **username.fields("username"),
+                **password.fields("password"),
                 attempts=r.uses,
                 successes=r.successes,
             )
@@ -288,12 +282,8 @@ def _downloads(
         shasum, url = r.texts[0], urls.get(r.value_id, no_url)
         downloads.append(
             stats_pb2.Download(
-                shasum=shasum.text,
-                shasum_truncated=shasum.truncated,
-                shasum_length=shasum.length,
-                url=url.text,
-                url_truncated=url.truncated,
-                url_length=url.length,
+                **shasum.fields("shasum"),
+                **url.fields("url"),
                 count=r.uses,
                 sessions=r.first_uses + earlier[r.value_id],
             )
