@@ -32,19 +32,31 @@ log = logging.getLogger(__name__)
 # The label value of every method the server does not register.
 UNKNOWN = "unknown"
 RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
-STARTED = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS)
+
+# Each process exports only what it does: the serving metrics are registered by
+# register_serving_metrics(), the ingest counters by register_ingest_counters() (an
+# ingest process would show the calls it never serves as zeros, and the other way round).
+STARTED = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=None)
 HANDLED = Counter(
-    "grpc_server_handled", "RPCs completed on the server.", (*RPC_LABELS, "grpc_code")
+    "grpc_server_handled",
+    "RPCs completed on the server.",
+    (*RPC_LABELS, "grpc_code"),
+    registry=None,
 )
 HANDLING = Histogram(
     "grpc_server_handling_seconds",
     "Time to handle an RPC.",
     RPC_LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=None,
+)
+CACHE_HITS = Counter(
+    "cowrie_stats_result_cache_hits", "Statistics answered from the result cache.", registry=None
+)
+CACHE_MISSES = Counter(
+    "cowrie_stats_result_cache_misses", "Statistics computed by queries.", registry=None
 )
 
-# Incremented by the ingest (cowrie_stats.ingest), exported only by the process that
-# ingests: registered by register_ingest_counters() (a serving process would show zeros).
 INGESTED_EVENTS = Counter(
     "cowrie_stats_ingest_events_stored", "Events stored by ingest.", registry=None
 )
@@ -58,14 +70,23 @@ INGEST_DEAD_LETTERED = Counter(
     "Log lines ingest could not parse (dead letters).",
     registry=None,
 )
-_ingest_unregistered = threading.Lock()  # taken, for good, by the one registration
+_unregistered = {"serving": threading.Lock(), "ingest": threading.Lock()}
+
+
+def _register_once(group: str, *collectors: Collector) -> None:
+    if _unregistered[group].acquire(blocking=False):  # taken for good by the first call
+        for collector in collectors:
+            REGISTRY.register(collector)
+
+
+def register_serving_metrics() -> None:
+    """Export the RPC and result-cache metrics from this process (once)."""
+    _register_once("serving", STARTED, HANDLED, HANDLING, CACHE_HITS, CACHE_MISSES)
 
 
 def register_ingest_counters() -> None:
     """Export the ingest counters from this process (once; later calls do nothing)."""
-    if _ingest_unregistered.acquire(blocking=False):
-        for counter in (INGESTED_EVENTS, INGEST_DUPLICATES, INGEST_DEAD_LETTERED):
-            REGISTRY.register(counter)
+    _register_once("ingest", INGESTED_EVENTS, INGEST_DUPLICATES, INGEST_DEAD_LETTERED)
 
 
 class DatabaseCollector(Collector):
@@ -250,9 +271,6 @@ class MetricsServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-
-CACHE_HITS = Counter("cowrie_stats_result_cache_hits", "Statistics answered from the result cache.")
-CACHE_MISSES = Counter("cowrie_stats_result_cache_misses", "Statistics computed by queries.")
 
 GC_PAUSE = Histogram(
     "cowrie_stats_gc_pause_seconds",

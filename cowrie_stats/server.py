@@ -95,6 +95,7 @@ class StatsServer:
     """The running service: gRPC server, health reporting and database router."""
 
     def __init__(self, settings: Settings, router: Router | None = None) -> None:
+        metrics.register_serving_metrics()
         self.settings = settings
         self.router = router or Router(settings)
         self.watchdog = Watchdog(settings.receive_timeout_seconds)

@@ -154,6 +154,7 @@ def test_each_process_exports_only_its_own_metrics(sqlite_db: Database, tmp_path
         served = wait_for_metrics(serve_port)
     assert by_sensor(served, "cowrie_stats_sensor_sessions")["sensor-eu-1"] > 0
     assert not [name for name in served if name.startswith("cowrie_stats_ingest_")]
+    assert "grpc_server_handled" in served and "cowrie_stats_result_cache_hits" in served
 
     again = tmp_path / "again" / "cowrie.json"
     events = write_sample(again, seed=11)
@@ -171,3 +172,5 @@ def test_each_process_exports_only_its_own_metrics(sqlite_db: Database, tmp_path
     assert counted["cowrie_stats_ingest_duplicates_skipped"] == 0
     assert counted["cowrie_stats_ingest_dead_lettered"] == 1
     assert not [name for name in ingested if name.startswith("cowrie_stats_sensor")]
+    serving_only = ("grpc_server_", "cowrie_stats_result_cache_")
+    assert not [name for name in ingested if name.startswith(serving_only)]
