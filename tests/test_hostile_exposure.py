@@ -132,9 +132,13 @@ class ServeProcess:
     port: int = 0
     lines: list[str] = field(default_factory=list)
 
+    reader: threading.Thread | None = None
+
     def stop(self) -> list[str]:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
+        if self.reader is not None:  # the last lines may still be in the pipe
+            self.reader.join(timeout=30)
         return self.lines
 
 
@@ -177,7 +181,7 @@ def serve_process(**env: str) -> Iterator[ServeProcess]:
                 running.port = int(found.group(1))
                 started.set()
 
-    reader = threading.Thread(target=read, daemon=True)
+    reader = running.reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         assert started.wait(60), "".join(running.lines)
