@@ -80,6 +80,7 @@ class BulkOps:
         self.conn = conn
         self._copy: Future[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._lent = False  # inside insert_in_background's block
 
     @staticmethod
     def for_connection(conn: Connection) -> BulkOps:
@@ -93,17 +94,31 @@ class BulkOps:
     # -- the connection's one user at a time --------------------------------------
 
     def _idle(self) -> Connection:
-        if self._copy is not None:
+        if self._lent or self._copy is not None:
             raise ConnectionBusyError("a background COPY is using the connection")
         return self.conn
+
+    @contextmanager
+    def _lend(self) -> Iterator[None]:
+        """Refuse every operation while the block runs."""
+        self._lent = True
+        try:
+            yield
+        finally:
+            self._lent = False
 
     @contextmanager
     def insert_in_background(
         self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> Iterator[None]:
-        """Insert ``rows`` while the block runs; the block cannot use this object meanwhile."""
+        """Insert ``rows`` while the block runs; the block cannot use this object meanwhile.
+
+        Here the rows are inserted first, but the block is refused the connection
+        all the same: a misuse fails on every database, not only on PostgreSQL.
+        """
         self.insert_rows(table, columns, rows)
-        yield
+        with self._lend():
+            yield
 
     def _join_copy(self) -> None:
         copy, self._copy = self._copy, None
