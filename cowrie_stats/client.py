@@ -56,7 +56,7 @@ from cowrie_stats.client_errors import (
     error_from_call,
 )
 from cowrie_stats.errors import FieldViolation
-from cowrie_stats.settings import PREFIX, SETTING_ROWS, SettingsError, _bool, _raw
+from cowrie_stats.settings import PREFIX, SETTING_ROWS, SettingsError, env_flag, env_text
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -158,13 +158,13 @@ class ClientSettings:
         env = os.environ if env is None else env
         port = SETTING_ROWS["grpc_port"].read(env)  # the server's port, as it reads it
         return cls(
-            target=_raw(env, "TARGET") or f"localhost:{port}",
-            api_key=_raw(env, "API_KEY"),
-            tls=_bool(env, "TARGET_TLS", False),
-            ca_file=_raw(env, "TARGET_CA_FILE"),
-            cert_file=_raw(env, "CLIENT_CERT_FILE"),
-            key_file=_raw(env, "CLIENT_KEY_FILE"),
-            server_name=_raw(env, "TARGET_SERVER_NAME"),
+            target=env_text(env, "TARGET") or f"localhost:{port}",
+            api_key=env_text(env, "API_KEY"),
+            tls=env_flag(env, "TARGET_TLS", False),
+            ca_file=env_text(env, "TARGET_CA_FILE"),
+            cert_file=env_text(env, "CLIENT_CERT_FILE"),
+            key_file=env_text(env, "CLIENT_KEY_FILE"),
+            server_name=env_text(env, "TARGET_SERVER_NAME"),
         )
 
 

@@ -29,27 +29,35 @@ COMMANDS = (
 IPS = ("203.0.113.10", "203.0.113.11", "198.51.100.23", "192.0.2.77", "2001:db8::bad:1")
 
 
-def _session_events(rng: random.Random, sensor: str, at: datetime) -> list[dict[str, Any]]:
-    session = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
-    ip = rng.choice(IPS)
-    protocol = "telnet" if rng.random() < 0.2 else "ssh"
-    events: list[dict[str, Any]] = []
+class _Session:
+    """One session's events as they are written, each at a number of seconds after its start."""
 
-    def add(eventid: str, seconds: float, **fields: Any) -> None:
-        ts = at + timedelta(seconds=seconds)
-        events.append(
+    def __init__(self, rng: random.Random, sensor: str, at: datetime) -> None:
+        self.at = at
+        self.common = {
+            "session": uuid.UUID(int=rng.getrandbits(128)).hex[:12],
+            "src_ip": rng.choice(IPS),
+            "sensor": sensor,
+            "message": "",
+        }
+        self.events: list[dict[str, Any]] = []
+
+    def add(self, eventid: str, seconds: float, **fields: Any) -> None:
+        ts = self.at + timedelta(seconds=seconds)
+        self.events.append(
             {
                 "eventid": eventid,
                 "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "session": session,
-                "src_ip": ip,
-                "sensor": sensor,
-                "message": "",
+                **self.common,
                 **fields,
             }
         )
 
-    add(
+
+def _session_events(rng: random.Random, sensor: str, at: datetime) -> list[dict[str, Any]]:
+    session = _Session(rng, sensor, at)
+    protocol = "telnet" if rng.random() < 0.2 else "ssh"
+    session.add(
         "cowrie.session.connect",
         0,
         src_port=rng.randint(1024, 65535),
@@ -58,41 +66,54 @@ def _session_events(rng: random.Random, sensor: str, at: datetime) -> list[dict[
         protocol=protocol,
     )
     if protocol == "ssh":
-        add("cowrie.client.version", 0.2, version="SSH-2.0-Go")
-    t = 1.0
+        session.add("cowrie.client.version", 0.2, version="SSH-2.0-Go")
+    t, logged_in = _logins(rng, session, 1.0)
+    if logged_in:
+        t = _shell(rng, session, t)
+    _close(rng, session, t)
+    return session.events
+
+
+def _logins(rng: random.Random, session: _Session, t: float) -> tuple[float, bool]:
+    """Up to four attempts, until one succeeds; (the time after them, logged in)."""
     logged_in = False
     for _ in range(rng.randint(0, 4)):
         username, password = rng.choice(USERNAMES), rng.choice(PASSWORDS)
         logged_in = rng.random() < 0.3
-        add(
-            "cowrie.login.success" if logged_in else "cowrie.login.failed",
-            t,
-            username=username,
-            password=password,
-        )
+        eventid = "cowrie.login.success" if logged_in else "cowrie.login.failed"
+        session.add(eventid, t, username=username, password=password)
         t += rng.uniform(0.5, 3)
         if logged_in:
             break
-    if logged_in:
-        for _ in range(rng.randint(0, 4)):
-            command = rng.choice(COMMANDS)
-            add("cowrie.command.input", t, input=command)
-            t += rng.uniform(0.2, 5)
-            if "wget" in command:
-                add(
-                    "cowrie.session.file_download",
-                    t,
-                    url="http://198.51.100.7/x.sh",
-                    shasum="a" * 64,
-                    outfile="var/lib/cowrie/downloads/" + "a" * 64,
-                )
-        if rng.random() < 0.2:
-            add(
+    return t, logged_in
+
+
+def _shell(rng: random.Random, session: _Session, t: float) -> float:
+    """Commands and their downloads after a login; the time after them."""
+    for _ in range(rng.randint(0, 4)):
+        command = rng.choice(COMMANDS)
+        session.add("cowrie.command.input", t, input=command)
+        t += rng.uniform(0.2, 5)
+        if "wget" in command:
+            session.add(
                 "cowrie.session.file_download",
                 t,
-                shasum="b" * 64,
-                destfile="/root/.ssh/authorized_keys",
+                url="http://198.51.100.7/x.sh",
+                shasum="a" * 64,
+                outfile="var/lib/cowrie/downloads/" + "a" * 64,
             )
+    if rng.random() < 0.2:
+        session.add(
+            "cowrie.session.file_download",
+            t,
+            shasum="b" * 64,
+            destfile="/root/.ssh/authorized_keys",
+        )
+    return t
+
+
+def _close(rng: random.Random, session: _Session, t: float) -> None:
+    """The close, its duration in one of the forms of different Cowrie versions."""
     duration = round(t + rng.uniform(0, 2), 1)
     form = rng.choice(("float", "string", "ms"))
     closing: dict[str, Any] = {"duration": duration}
@@ -100,8 +121,7 @@ def _session_events(rng: random.Random, sensor: str, at: datetime) -> list[dict[
         closing = {"duration": str(duration)}
     elif form == "ms":
         closing = {"duration_ms": int(duration * 1000)}
-    add("cowrie.session.closed", duration, **closing)
-    return events
+    session.add("cowrie.session.closed", duration, **closing)
 
 
 def generate(

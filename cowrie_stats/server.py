@@ -91,6 +91,12 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _result_cache(settings: Settings) -> ResultCache | None:
+    if settings.result_cache_entries and settings.result_cache_bytes:
+        return ResultCache(settings.result_cache_entries, settings.result_cache_bytes)
+    return None
+
+
 class StatsServer:
     """The running service: gRPC server, health reporting and database router."""
 
@@ -118,27 +124,35 @@ class StatsServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.probe_server = self._probe_server() if settings.probe_port else None
-        limits = Limits(settings.max_sensors_per_request, settings.max_window_days)
-        cache = None
-        if settings.result_cache_entries and settings.result_cache_bytes:
-            cache = ResultCache(settings.result_cache_entries, settings.result_cache_bytes)
-        self.cache = cache
+        self.cache = _result_cache(settings)
         servicer = CowrieStatsServicer(
             self.router,
-            limits,
+            Limits(settings.max_sensors_per_request, settings.max_window_days),
             settings.default_deadline_seconds,
-            cache,
+            self.cache,
             max_response_bytes=send_limit(settings),
         )
-        self.versions: DataVersionWatch | None = None
-        if cache is not None and settings.data_version_poll_interval > 0:
-            servicer.versions = self.versions = DataVersionWatch(
-                lambda: self.router.run_read(
-                    data_version, Deadline.after(settings.data_version_poll_interval)
-                ),
-                settings.data_version_poll_interval,
-                before_publishing=servicer.warm,
-            )
+        self.versions = self._version_watch(servicer)
+        self._add_services(servicer)
+        self.port = 0
+        self.probe_port = 0
+        self.metrics_server: metrics.MetricsServer | None = None
+
+    def _version_watch(self, servicer: CowrieStatsServicer) -> DataVersionWatch | None:
+        """What tells the cached answers from stale ones, if the cache is on and polls."""
+        interval = self.settings.data_version_poll_interval
+        if self.cache is None or interval <= 0:
+            return None
+        watch = DataVersionWatch(
+            lambda: self.router.run_read(data_version, Deadline.after(interval)),
+            interval,
+            before_publishing=servicer.warm,
+        )
+        servicer.versions = watch
+        return watch
+
+    def _add_services(self, servicer: CowrieStatsServicer) -> None:
+        """The statistics, health and reflection services on the main port."""
         stats_pb2_grpc.add_CowrieStatsServiceServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
@@ -147,9 +161,6 @@ class StatsServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        self.port = 0
-        self.probe_port = 0
-        self.metrics_server: metrics.MetricsServer | None = None
 
     def _probe_server(self) -> grpc.Server:
         """Health only, no API keys, plaintext: what kubelet and container probes can call."""

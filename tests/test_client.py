@@ -367,7 +367,7 @@ def test_from_env_defaults_to_the_process_environment(
 
 def test_env_example_documents_the_client_variables() -> None:
     source = (REPO / "cowrie_stats" / "client.py").read_text(encoding="utf-8")
-    read = set(re.findall(r'_(?:raw|int|bool)\(env, "([A-Z_]+)"', source))
+    read = set(re.findall(r'\benv_(?:text|flag)\(env, "([A-Z_]+)"', source))
     example = (REPO / ".env.example").read_text(encoding="utf-8")
     assert {"TARGET", "API_KEY", "TARGET_CA_FILE"} <= read
     assert sorted(k for k in read if f"COWRIE_STATS_{k}" not in example) == []

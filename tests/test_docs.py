@@ -411,7 +411,7 @@ def test_no_development_history_labels_in_the_repository() -> None:
 
 # -- the settings documentation lists the settings table -----------------------------------
 #
-# The table in cowrie_stats/settings.py is checked against the documents rather than
+# The table in cowrie_stats/settings_table.py is checked against the documents rather than
 # written into them: .env.example is the compose stack's configuration (some values there
 # are the containers', on purpose), and each document explains a setting for its reader.
 # What must not drift -- which variables exist, their defaults, which are secrets -- is

@@ -1,19 +1,21 @@
 """The ingest's bulk operations, one class per database, chosen once per connection.
 
-Like alembic's per-dialect ``Impl`` classes: the writer says *what* to store
-(rows, upsert rules) and never branches on the backend. PostgreSQL loads rows
-with COPY and looks keys up with binary array parameters; SQLite uses plain
-executemany. Both run inside the caller's transaction.
+Like alembic's per-dialect ``Impl`` classes: the writer hands over *what* to
+store (a batch's :class:`~cowrie_stats.ingest.plan.BatchPlan`, rows, upsert
+rules) and never branches on the backend. PostgreSQL
+(:mod:`cowrie_stats.ingest.bulk_postgres`) loads rows with COPY and looks keys
+up with binary array parameters; SQLite uses plain executemany. Both run inside
+the caller's transaction.
 
-A COPY of the events may run in a background thread while the writer prepares
-the rest of the batch in Python (:meth:`BulkOps.insert_in_background`); the
-connection is then busy, and every other operation refuses to run until the
-copy is joined, so the sharing is safe by construction, not by convention.
+:meth:`BulkOps.apply` may COPY a batch's events in a background thread while
+the batch's plan is computed; that computation is given the events, not this
+object, and every operation here refuses to run until the copy is joined, so
+the sharing is safe by construction, not by convention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -25,12 +27,11 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    sql,
     text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
 from cowrie_stats.db.models import (
@@ -41,11 +42,17 @@ from cowrie_stats.db.models import (
     SESSIONS,
     VALUE_DICTIONARY,
 )
+from cowrie_stats.ingest.details import Unflag
+from cowrie_stats.ingest.merge import SESSION_COLUMNS, SESSION_STATE_COLUMNS
+from cowrie_stats.ingest.plan import DETAIL_TABLES, EVENT_COLUMNS, BatchPlan, EventRow
+from cowrie_stats.ingest.summaries import store_summaries
 
 INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
 IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
 # Upserts of more rows go through a COPYed temporary table; fewer are executemany.
 STAGE_ABOVE_ROWS = 64
+# A stored session's columns a batch may change (all but its keys).
+SESSION_UPDATES = [c for c in SESSION_STATE_COLUMNS if c != "id"]
 
 # How an upsert combines a stored value with the batch's: add, keep the least or
 # greatest (NULL-safe), or replace.
@@ -57,7 +64,7 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]
         yield items[start : start + size]
 
 
-def _names(columns: Sequence[str]) -> str:
+def quoted_names(columns: Sequence[str]) -> str:
     """Column names quoted for raw SQL (``offset`` is a keyword)."""
     return ", ".join(f'"{column}"' for column in columns)
 
@@ -73,25 +80,45 @@ class BulkOps:
         self.conn = conn
         self._copy: Future[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._lent = False  # inside insert_in_background's block
 
     @staticmethod
     def for_connection(conn: Connection) -> BulkOps:
-        return PostgresBulkOps(conn) if conn.dialect.name == "postgresql" else SqliteBulkOps(conn)
+        if conn.dialect.name != "postgresql":
+            return SqliteBulkOps(conn)
+        # Imported here: that module builds on this one.
+        from cowrie_stats.ingest.bulk_postgres import PostgresBulkOps
+
+        return PostgresBulkOps(conn)
 
     # -- the connection's one user at a time --------------------------------------
 
     def _idle(self) -> Connection:
-        if self._copy is not None:
+        if self._lent or self._copy is not None:
             raise ConnectionBusyError("a background COPY is using the connection")
         return self.conn
 
     @contextmanager
+    def _lend(self) -> Iterator[None]:
+        """Refuse every operation while the block runs."""
+        self._lent = True
+        try:
+            yield
+        finally:
+            self._lent = False
+
+    @contextmanager
     def insert_in_background(
-        self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+        self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> Iterator[None]:
-        """Insert ``rows`` while the block runs; the block cannot use this object meanwhile."""
+        """Insert ``rows`` while the block runs; the block cannot use this object meanwhile.
+
+        Here the rows are inserted first, but the block is refused the connection
+        all the same: a misuse fails on every database, not only on PostgreSQL.
+        """
         self.insert_rows(table, columns, rows)
-        yield
+        with self._lend():
+            yield
 
     def _join_copy(self) -> None:
         copy, self._copy = self._copy, None
@@ -100,6 +127,49 @@ class BulkOps:
             self._thread = None
         if copy is not None:
             copy.result()
+
+    # -- a batch's plan -----------------------------------------------------------------
+
+    def apply(
+        self, events: list[EventRow], compute: Callable[[list[EventRow]], BatchPlan]
+    ) -> BatchPlan:
+        """Store a batch: its events while ``compute`` makes its plan, then the plan's writes.
+
+        ``compute`` is given the events, not this object: it is pure Python
+        (:func:`cowrie_stats.ingest.plan.plan_batch`), and any use of the
+        connection while a background COPY holds it raises ConnectionBusyError.
+        """
+        with self.insert_in_background(EVENTS, EVENT_COLUMNS, events):
+            plan = compute(events)
+        self._store_sessions(plan)
+        for table, detail in DETAIL_TABLES.items():
+            self._clear_flags(detail.table, plan.unflags[table])
+            self.insert_rows(detail.table, detail.columns, plan.details[table])
+        store_summaries(self, plan.summary)
+        return plan
+
+    def _store_sessions(self, plan: BatchPlan) -> None:
+        new_rows = [tuple(values[c] for c in SESSION_COLUMNS) for values in plan.new_sessions]
+        self.insert_rows(SESSIONS, SESSION_COLUMNS, new_rows)
+        self.update_rows(SESSIONS, "id", SESSION_UPDATES, plan.changed_sessions)
+        if plan.longest_sessions:
+            _, greatest = self.least_greatest()
+            self.execute(
+                update(SENSORS)
+                .where(SENSORS.c.id == bindparam("sensor_id"))
+                .values(max_session_us=greatest(SENSORS.c.max_session_us, bindparam("span"))),
+                [
+                    {"sensor_id": sensor_id, "span": span}
+                    for sensor_id, span in sorted(plan.longest_sessions.items())
+                ],
+            )
+
+    def _clear_flags(self, table: Table, unflags: Sequence[Unflag]) -> None:
+        by_flag: dict[str, list[tuple[int, bytes]]] = {}
+        for u in unflags:
+            by_flag.setdefault(u.flag, []).append((u.ts_us, u.event_hash))
+        for flag, keys in by_flag.items():
+            self.clear_flags(table, flag, keys)
 
     # -- generic statements ----------------------------------------------------------
 
@@ -164,9 +234,9 @@ class BulkOps:
         return combined
 
     def update_rows(
-        self, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, table: Table, key: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Set ``columns`` of the rows whose ``key`` is each row's first value."""
+        """Set ``columns`` of the rows whose ``key`` is each row's ``key``."""
         if not rows:
             return
         stmt = (
@@ -175,7 +245,7 @@ class BulkOps:
             .values({c: bindparam(c) for c in columns})
         )
         self._idle().execute(
-            stmt, [{"row_key": row[0], **dict(zip(columns, row[1:], strict=True))} for row in rows]
+            stmt, [{"row_key": row[key], **{c: row[c] for c in columns}} for row in rows]
         )
 
     def clear_flags(self, table: Table, flag: str, keys: Sequence[tuple[int, bytes]]) -> None:
@@ -291,21 +361,21 @@ class BulkOps:
 
     def rows_in_ranges(
         self, table: str, columns: str, ranges: Sequence[tuple[int, int, int, int]], where: str
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[dict[str, Any]]:
         """``columns`` of ``table`` rows per (sensor_id, session_id, low, high) range and ``where``.
 
         Each range is a short stretch of the (sensor_id, ts_us) index: the rows of
-        one stored session.
+        one stored session. Rows by column name.
         """
         query = text(
             f"SELECT {columns} FROM {table} t WHERE t.sensor_id = :sensor_id"
             " AND t.ts_us BETWEEN :low AND :high"
             f" AND t.session_id = :session_id AND ({where})"
         )
-        rows: list[tuple[Any, ...]] = []
+        rows: list[dict[str, Any]] = []
         for sensor_id, session_id, low, high in ranges:
             params = {"sensor_id": sensor_id, "session_id": session_id, "low": low, "high": high}
-            rows.extend(tuple(row) for row in self._idle().execute(query, params))
+            rows.extend(dict(row) for row in self._idle().execute(query, params).mappings())
         return rows
 
 
@@ -321,174 +391,3 @@ class SqliteBulkOps(BulkOps):
         # no other writer can take these ids.
         highest = self._idle().scalar(text(f"SELECT coalesce(max(id), 0) FROM {table}")) or 0
         return list(range(highest + 1, highest + 1 + count))
-
-
-class PostgresBulkOps(BulkOps):
-    def _insert(self, table: Table) -> Insert:
-        return postgresql.insert(table)
-
-    def _cursor(self) -> Any:
-        """The psycopg cursor under the connection, for COPY and binary array parameters."""
-        return self._idle().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-    def lock(self) -> None:
-        self._idle().execute(select(func.pg_advisory_xact_lock(INGEST_LOCK_KEY)))
-
-    def _copy_rows(
-        self, cursor: Any, target: str, columns: Sequence[str], rows: Iterable[Any]
-    ) -> None:
-        with cursor.copy(f"COPY {target} ({_names(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-    def insert_rows(
-        self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        # COPY: several times faster than executemany, and tuples rather than dicts.
-        if rows:
-            self._copy_rows(self._cursor(), table.name, columns, rows)
-
-    @contextmanager
-    def insert_in_background(
-        self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
-    ) -> Iterator[None]:
-        """COPY in a thread: the server stores the rows while this thread runs Python.
-
-        The client waits on the server for most of a COPY, with the GIL free.
-        """
-        cursor = self._cursor()
-        self._thread = ThreadPoolExecutor(1)
-        self._copy = self._thread.submit(self._copy_rows, cursor, table.name, columns, rows)
-        try:
-            yield
-        finally:
-            self._join_copy()
-
-    def _staged(
-        self, name: str, source: Table, columns: Sequence[str], rows: Iterable[Any]
-    ) -> sql.TableClause:
-        """A temporary table (dropped at commit) of ``source``'s ``columns``, COPYed in."""
-        self._idle().execute(
-            text(
-                f"CREATE TEMP TABLE {name} ON COMMIT DROP AS"
-                f" SELECT {_names(columns)} FROM {source.name} WITH NO DATA"
-            )
-        )
-        self._copy_rows(self._cursor(), name, columns, rows)
-        return sql.table(name, *(sql.column(c) for c in columns))
-
-    def _execute_upsert(
-        self, stmt: Any, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if len(rows) <= STAGE_ABOVE_ROWS:
-            super()._execute_upsert(stmt, table, columns, rows)
-            return
-        staged = self._staged(f"staged_{table.name}", table, columns, rows)
-        self._idle().execute(stmt.from_select(columns, select(*staged.c)))
-        self._idle().execute(text(f"DROP TABLE staged_{table.name}"))
-
-    def update_rows(
-        self, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if not rows:
-            return
-        name = f"updates_{table.name}"
-        self._staged(name, table, [key, *columns], rows)
-        assignments = ", ".join(f'"{c}" = u."{c}"' for c in columns)
-        self._idle().execute(
-            text(f"UPDATE {table.name} t SET {assignments} FROM {name} u WHERE t.{key} = u.{key}")
-        )
-        self._idle().execute(text(f"DROP TABLE {name}"))
-
-    def existing_event_hashes(self, keys: Sequence[tuple[int, bytes]]) -> set[bytes]:
-        # Array parameters: a short statement psycopg prepares once, where IN lists
-        # of hundreds of placeholders are parsed again every batch. Sent in binary
-        # (%b): the text form escapes each bytea element in Python, about 100 times
-        # slower for a batch of 5,000 hashes.
-        cursor = self._cursor()
-        cursor.execute(
-            "SELECT e.hash FROM events e"
-            " JOIN unnest(%b::bigint[], %b::bytea[]) AS k(ts_us, hash)"
-            " ON e.ts_us = k.ts_us AND e.hash = k.hash",
-            [[ts_us for ts_us, _ in keys], [digest for _, digest in keys]],
-        )
-        return {row[0] for row in cursor}
-
-    def sessions_of(self, keys: Iterable[tuple[int, str]]) -> Iterator[dict[str, Any]]:
-        """Whole sessions rows for these keys: one query joining two binary arrays."""
-        pairs = list(keys)
-        cursor = self._cursor()
-        cursor.execute(
-            "SELECT s.* FROM sessions s"
-            " JOIN unnest(%b::integer[], %b::text[]) AS k(sensor_id, session)"
-            " ON s.sensor_id = k.sensor_id AND s.session = k.session",
-            [[sensor_id for sensor_id, _ in pairs], [session for _, session in pairs]],
-        )
-        names = [column.name for column in cursor.description]
-        for values in cursor:
-            yield dict(zip(names, values, strict=True))
-
-    def dictionary_ids(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, int]]:
-        cursor = self._cursor()
-        cursor.execute(
-            "SELECT d.digest, d.id FROM value_dictionary d JOIN unnest(%b::bytea[]) AS k(digest)"
-            " ON d.digest = k.digest",
-            [list(digests)],
-        )
-        yield from cursor
-
-    def new_ids(self, table: str, count: int) -> list[int]:
-        if not count:
-            return []
-        cursor = self._cursor()
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [table, count],
-        )
-        return [new_id for (new_id,) in cursor]
-
-    def stored_sets(
-        self, keys: Sequence[tuple[int, int, int, int]]
-    ) -> dict[tuple[int, int, int, int], bytes]:
-        # Four arrays joined on the primary key: a row-value IN list of hundreds of
-        # keys is planned as a scan of the whole table.
-        if not keys:
-            return {}
-        cursor = self._cursor()
-        cursor.execute(
-            "SELECT t.kind, t.level, t.piece, t.sensor_id, t.members FROM rollup_sets t"
-            " JOIN unnest(%b::smallint[], %b::smallint[], %b::bigint[], %b::integer[])"
-            " AS k(kind, level, piece, sensor_id) ON t.kind = k.kind AND t.level = k.level"
-            " AND t.piece = k.piece AND t.sensor_id = k.sensor_id",
-            [list(column) for column in zip(*keys, strict=True)],
-        )
-        return {
-            (kind, level, piece, sensor): members for kind, level, piece, sensor, members in cursor
-        }
-
-    def clear_flags(self, table: Table, flag: str, keys: Sequence[tuple[int, bytes]]) -> None:
-        if not keys:
-            return
-        self._cursor().execute(
-            f"UPDATE {table.name} t SET {flag} = false"
-            " FROM unnest(%b::bigint[], %b::bytea[]) AS k(ts_us, event_hash)"
-            " WHERE t.ts_us = k.ts_us AND t.event_hash = k.event_hash",
-            [[ts_us for ts_us, _ in keys], [digest for _, digest in keys]],
-        )
-
-    def rows_in_ranges(
-        self, table: str, columns: str, ranges: Sequence[tuple[int, int, int, int]], where: str
-    ) -> list[tuple[Any, ...]]:
-        if not ranges:
-            return []
-        cursor = self._cursor()
-        cursor.execute(
-            f"SELECT {columns}"
-            " FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::bigint[])"
-            " AS k(sensor_id, session_id, low, high)"
-            f" CROSS JOIN LATERAL (SELECT * FROM {table} t"
-            "  WHERE t.sensor_id = k.sensor_id AND t.ts_us BETWEEN k.low AND k.high"
-            f"  AND t.session_id = k.session_id AND ({where})) t",
-            [list(column) for column in zip(*ranges, strict=True)],
-        )
-        return [tuple(row) for row in cursor.fetchall()]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroaring import BitMap
 
@@ -31,7 +31,6 @@ from cowrie_stats.db.models import (
     SESSION_COUNTERS,
     VALUE_KINDS,
 )
-from cowrie_stats.ingest.bulk import BulkOps, Rule
 from cowrie_stats.ingest.details import CommandRow, DownloadRow, LoginRow
 from cowrie_stats.ingest.parse import (
     COMMAND_INPUT,
@@ -41,6 +40,9 @@ from cowrie_stats.ingest.parse import (
     ParsedEvent,
 )
 from cowrie_stats.timeline import DAY, HOUR, LEVELS, MINUTE, Level
+
+if TYPE_CHECKING:  # bulk applies what this module computes
+    from cowrie_stats.ingest.bulk import BulkOps, Rule
 
 VALUE_RULES: dict[str, Rule] = {
     "uses": "add",

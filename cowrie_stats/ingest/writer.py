@@ -5,70 +5,44 @@ every merge rule is order-independent (minimum/maximum by (timestamp, hash),
 sums, unions), so any interleaving of files, re-reads and resumed runs gives
 the same totals. The steps of a batch:
 
-1. reads: which events are stored already, the sessions the batch continues,
-   their flagged first rows, the ids of the values it counts;
-2. the events are COPYed in the background while the batch is merged in Python
-   (sessions, per-event rows with first-use flags, summary changes);
-3. writes: sessions, per-event rows, summaries, the data version, dead letters
-   and the file's cursor.
-
-Database differences live in :mod:`cowrie_stats.ingest.bulk`.
+1. reads (:class:`~cowrie_stats.ingest.plan.BatchReads`): which events are
+   stored already, the sessions the batch continues, their flagged first rows,
+   the ids of the values it counts and of its new sessions;
+2. its plan (:class:`~cowrie_stats.ingest.plan.BatchPlan`), computed from the
+   reads in pure Python (sessions, per-event rows with first-use flags, summary
+   changes) while the events are COPYed in the background;
+3. the plan's writes, by the bulk-operations class of the database
+   (:mod:`cowrie_stats.ingest.bulk`), then the data version, dead letters and
+   the file's cursor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select, update
 
 from cowrie_stats.db.models import (
-    COMMANDS,
     DATA_VERSION,
     DEAD_LETTERS,
-    DOWNLOADS,
-    EVENTS,
     FIRST_USE_FLAGS,
     INGEST_CURSORS,
-    LOGIN_ATTEMPTS,
     SENSORS,
-    SESSIONS,
 )
 from cowrie_stats.ingest.batch import DeadLetterRecord
 from cowrie_stats.ingest.bulk import BulkOps
-from cowrie_stats.ingest.details import (
-    CommandRow,
-    DownloadRow,
-    LoginRow,
-    StoredFirstRow,
-    Unflag,
-    counted_values,
-    detail_rows,
-    with_first_use_flags,
-)
-from cowrie_stats.ingest.merge import (
-    MERGE_ORDER,
-    SESSION_COLUMNS,
-    SESSION_STATE_COLUMNS,
-    SessionRow,
-    merge_event,
-    new_session,
-)
+from cowrie_stats.ingest.details import StoredFirstRow, counted_values
 from cowrie_stats.ingest.parse import HASH_BYTES, ParsedEvent
-from cowrie_stats.ingest.summaries import SummaryChanges, store_summaries
+from cowrie_stats.ingest.plan import DETAIL_TABLES, BatchReads, event_rows, plan_batch
 from cowrie_stats.ingest.values import ValueIds
-
-EVENT_COLUMNS = ["hash", "sensor_id", "session", "eventid", "ts_us", "raw"]
-DETAIL_TABLES = {
-    "login_attempts": (LOGIN_ATTEMPTS, list(LoginRow._fields)),
-    "commands": (COMMANDS, list(CommandRow._fields)),
-    "downloads": (DOWNLOADS, list(DownloadRow._fields)),
-}
 
 
 @dataclass(frozen=True)
@@ -135,47 +109,32 @@ class BatchWriter:
         return result
 
     def _store(self, fresh: list[ParsedEvent]) -> None:
-        bulk = self.bulk
+        reads = self._read(fresh)
+        events = event_rows(fresh, reads.sensor_ids)
+        # Pure Python from the reads: it runs while PostgreSQL stores the events.
+        plan = self.bulk.apply(events, functools.partial(plan_batch, fresh, reads))
+        self._longest_session.update(plan.longest_sessions)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _read(self, fresh: list[ParsedEvent]) -> BatchReads:
+        """What the batch needs from the database, before its plan is computed.
+
+        Sensors and dictionary values the batch names are added here: their ids
+        are read back (the dictionary keeps no id a rolled-back batch assigned).
+        """
         self._ensure_sensors(fresh)
         ids = self._sensor_ids
-        in_order = sorted(fresh, key=MERGE_ORDER)
-        keys = {(ids[e.sensor], e.session) for e in in_order}
-        sessions = {
-            (row["sensor_id"], row["session"]): SessionRow(dict(row), row)
-            for row in bulk.sessions_of(keys)
-        }
-        new_ids = iter(bulk.new_ids("sessions", len(keys) - len(sessions)))
-        stored_first = self._stored_first_rows(sessions.values())
-        value_ids = self.values.resolve(bulk, counted_values(fresh))
-        events = [(e.hash, ids[e.sensor], e.session, e.eventid, e.ts_us, e.raw) for e in fresh]
-        changes = SummaryChanges()
-        with bulk.insert_in_background(EVENTS, EVENT_COLUMNS, events):
-            # Python only in here: PostgreSQL stores the events meanwhile.
-            for e in in_order:
-                key = (ids[e.sensor], e.session)
-                row = sessions.get(key)
-                if row is None:
-                    row = sessions[key] = new_session(*key, next(new_ids), e)
-                merge_event(row.values, e, value_ids)
-            for row in sessions.values():
-                changes.add_session(row.stored, row.values)
-            changes.add_events(fresh, ids)
-            session_ids = {key: row.values["id"] for key, row in sessions.items()}
-            rows = detail_rows(fresh, ids, session_ids, value_ids).by_table()
-            flagged = {
-                table: with_first_use_flags(table, rows[table], stored_first[table])
-                for table in DETAIL_TABLES
-            }
-            changes.add_credentials(flagged["login_attempts"][0])
-            for table, (table_rows, unflags) in flagged.items():
-                changes.add_detail_rows(table, table_rows, FIRST_USE_FLAGS[table])
-                for u in unflags:
-                    changes.unflag(u.value_column, u.sensor_id, u.value_id, u.ts_us)
-        self._save_sessions(list(sessions.values()))
-        for table, (table_rows, unflags) in flagged.items():
-            self._clear_flags(table, unflags)
-            bulk.insert_rows(DETAIL_TABLES[table][0], DETAIL_TABLES[table][1], table_rows)
-        store_summaries(bulk, changes)
+        keys = {(ids[e.sensor], e.session) for e in fresh}
+        stored = {(row["sensor_id"], row["session"]): row for row in self.bulk.sessions_of(keys)}
+        return BatchReads(
+            sensor_ids=ids,
+            stored_sessions=stored,
+            new_session_ids=self.bulk.new_ids("sessions", len(keys) - len(stored)),
+            stored_first=self._stored_first_rows(stored.values()),
+            value_ids=self.values.resolve(self.bulk, counted_values(fresh)),
+            longest_known=dict(self._longest_session),
+        )
 
     def _ensure_sensors(self, fresh: list[ParsedEvent]) -> None:
         bounds: dict[str, tuple[int, int]] = {}
@@ -187,56 +146,16 @@ class BatchWriter:
         missing = [name for name in bounds if name not in self._sensor_ids]
         self._sensor_ids.update(self.bulk.sensor_ids(missing))
 
-    # -- sessions ---------------------------------------------------------------
-
-    def _save_sessions(self, rows: list[SessionRow]) -> None:
-        """Insert the new sessions and update the changed ones."""
-        new_rows = [tuple(row.values[c] for c in SESSION_COLUMNS) for row in rows if row.is_new]
-        self.bulk.insert_rows(SESSIONS, SESSION_COLUMNS, new_rows)
-        columns = [c for c in SESSION_STATE_COLUMNS if c != "id"]
-        changed = [
-            (row.values["id"], *(row.values[c] for c in columns)) for row in rows if not row.is_new
-        ]
-        self.bulk.update_rows(SESSIONS, "id", columns, changed)
-        self._raise_longest_sessions(rows)
-
-    def _raise_longest_sessions(self, rows: Iterable[SessionRow]) -> None:
-        """Keep ``sensors.max_session_us`` at least the longest session of each sensor.
-
-        It only grows, so a value this writer has stored or read is a lower
-        bound: batches whose sessions are all shorter write nothing.
-        """
-        longest: dict[int, int] = {}
-        for row in rows:
-            span = row.values["end_ts_us"] - row.values["start_ts_us"]
-            sensor_id = row.values["sensor_id"]
-            if span > max(longest.get(sensor_id, 0), self._longest_session.get(sensor_id, 0)):
-                longest[sensor_id] = span
-        if not longest:
-            return
-        _, greatest = self.bulk.least_greatest()
-        self.bulk.execute(
-            update(SENSORS)
-            .where(SENSORS.c.id == bindparam("sensor_id"))
-            .values(max_session_us=greatest(SENSORS.c.max_session_us, bindparam("span"))),
-            [{"sensor_id": sensor_id, "span": span} for sensor_id, span in sorted(longest.items())],
-        )
-        self._longest_session.update(longest)
-
-    # -- first-use flags ------------------------------------------------------------
-
-    def _stored_first_rows(self, sessions: Iterable[SessionRow]) -> dict[str, list[StoredFirstRow]]:
+    def _stored_first_rows(
+        self, sessions: Iterable[Mapping[str, Any]]
+    ) -> dict[str, list[StoredFirstRow]]:
         """Per detail table, the flagged rows stored before for the batch's stored sessions.
 
         Read before the batch is merged, so that its flags can be settled while
         the events are being stored. A stored session's rows lie between its
         stored start and end on its sensor.
         """
-        ranges = [
-            (s["sensor_id"], s["id"], s["start_ts_us"], s["end_ts_us"])
-            for row in sessions
-            if (s := row.stored) is not None
-        ]
+        ranges = [(s["sensor_id"], s["id"], s["start_ts_us"], s["end_ts_us"]) for s in sessions]
         found: dict[str, list[StoredFirstRow]] = {}
         for table in DETAIL_TABLES:
             pairs = FIRST_USE_FLAGS[table]
@@ -250,22 +169,15 @@ class BatchWriter:
             )
             found[table] = [
                 StoredFirstRow(
-                    r[0],
-                    r[1],
-                    r[2],
-                    bytes(r[3]),
-                    tuple(zip(r[4::2], map(bool, r[5::2]), strict=True)),
+                    r["sensor_id"],
+                    r["session_id"],
+                    r["ts_us"],
+                    bytes(r["event_hash"]),
+                    tuple((r[f"{value}_id"], bool(r[flag])) for value, flag in pairs),
                 )
                 for r in rows
             ]
         return found
-
-    def _clear_flags(self, table: str, unflags: Sequence[Unflag]) -> None:
-        by_flag: dict[str, list[tuple[int, bytes]]] = {}
-        for u in unflags:
-            by_flag.setdefault(u.flag, []).append((u.ts_us, u.event_hash))
-        for flag, keys in by_flag.items():
-            self.bulk.clear_flags(DETAIL_TABLES[table][0], flag, keys)
 
     # -- dead letters and cursors -------------------------------------------------
 

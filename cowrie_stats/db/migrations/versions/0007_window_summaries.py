@@ -88,6 +88,7 @@ def _piece_key() -> list[sa.Column[Any]]:
 
 
 def _create_tables() -> None:
+    # Declarative: one create_table per table, read top to bottom; split, it says less.
     op.create_table(
         "value_dictionary",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -379,6 +380,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Declarative: the dropped tables recreated as they were; split, it says less.
     op.create_table(
         "hourly_rollups",
         sa.Column("sensor_id", sa.Integer(), nullable=False),
