@@ -33,7 +33,6 @@ import hmac
 import logging
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import grpc
 
 from cowrie_stats.errors import UnauthenticatedError, to_status
 from cowrie_stats.guard import REFUSALS, Handler, Interceptor, refuse_from_metadata
-from cowrie_stats.settings import SettingsError
+from cowrie_stats.settings import SettingsError, check_private_file
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +154,9 @@ Stamp = tuple[int, int, int, int]
 def check_private(path: Path) -> None:
     """SettingsError unless only the owner (at most also the server's own group) reads ``path``."""
     try:
-        info = path.stat()
+        check_private_file(path, KEYS_FILE_VARIABLE)
     except OSError as exc:
         raise SettingsError(f"{KEYS_FILE_VARIABLE}: cannot read {path}: {exc.strerror}") from exc
-    mode = stat.S_IMODE(info.st_mode)
-    own_group_reads = info.st_gid == os.getegid() and not mode & stat.S_IWGRP
-    if mode & stat.S_IRWXO or (mode & stat.S_IRWXG and not own_group_reads):
-        raise SettingsError(
-            f"{KEYS_FILE_VARIABLE}: {path} is readable by group or others (mode {mode:o}); "
-            f"run: chmod 600 {path}"
-        )
 
 
 class KeyStore:

@@ -9,6 +9,7 @@ secrets), refused when others may read it. The table of settings is
 
 from __future__ import annotations
 
+import os
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -155,13 +156,15 @@ class DatabaseUrls(Parser[tuple[str, ...]]):
 def check_private_file(path: Path, variable: str | None = None) -> None:
     """Refuse a secret file that others may read: one clear line, as for ``.env``.
 
-    A file is private when only its owner may read it, or, owned by root, its group
-    too (PostgreSQL's rule for key files: Kubernetes mounts Secrets root-owned with
-    the pod's fsGroup, mode 0440).
+    A file is private when only its owner may read it, or its group too when that
+    group is one of this process's own and may only read (Kubernetes mounts Secrets
+    with the pod's fsGroup, mode 0440; the process runs in that group).
+    Raises OSError when the file cannot be looked at.
     """
     info = path.stat()
     mode = stat.S_IMODE(info.st_mode)
-    shared = stat.S_IRWXO | (stat.S_IWGRP | stat.S_IXGRP if info.st_uid == 0 else stat.S_IRWXG)
+    own_group = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
+    shared = stat.S_IRWXO | (stat.S_IWGRP | stat.S_IXGRP if own_group else stat.S_IRWXG)
     if mode & shared:
         where = f"{variable}: {path}" if variable else str(path)
         raise SettingsError(

@@ -418,14 +418,16 @@ def test_client_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
-def test_group_may_read_only_root_owned_files(tmp_path: Path) -> None:
-    """PostgreSQL's rule: 0440 root:group is how Kubernetes mounts Secrets with an fsGroup."""
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_group_may_read_only_when_it_is_the_process_own(tmp_path: Path) -> None:
+    """0440 with the pod's fsGroup is how Kubernetes mounts Secrets; another group may not."""
     secret = tmp_path / "password"
     secret.write_text("s3cret\n", encoding="utf-8")
     secret.chmod(0o440)
     env = {"COWRIE_STATS_DATABASE_PASSWORD_FILE": str(secret)}
-    assert load_settings(env).database_url  # root-owned: accepted
-    os.chown(secret, 1001, 1001)
+    os.chown(secret, 1001, os.getegid())
+    assert load_settings(env).database_url  # the process's own group: accepted
+    os.chown(secret, 1001, os.getegid() + 4242)
     result = _cli(tmp_path, "migrate", **env)
     assert result.returncode == 2 and "mode 440" in result.stderr
 
