@@ -8,6 +8,7 @@ e.g. ``--sessions 50000``, finishes in minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ingest_bench, query_bench
+from bench import ingest_bench, query_bench, sliding
 from testkit.pgcluster import PgCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -368,6 +369,26 @@ def run(args: argparse.Namespace, cluster: PgCluster | None = None) -> dict[str,
             )
         if not args.skip_query:
             pattern = re.compile(args.scenarios)
+
+            def select(name: str) -> bool:
+                return bool(pattern.search(name))
+
+            def log(text: str) -> None:
+                print(text, file=sys.stderr)
+
+            never_asked = functools.partial(
+                sliding.run,
+                cluster.admin_url,
+                cluster.primary_url,
+                workdir,
+                sessions=args.sessions,
+                seed=args.seed,
+                duration=args.duration,
+                clients=args.clients,
+                processes=args.processes,
+                select=select,
+                log=log,
+            )
             report["query"] = query_bench.run(
                 cluster.admin_url,
                 cluster.primary_url,
@@ -377,9 +398,9 @@ def run(args: argparse.Namespace, cluster: PgCluster | None = None) -> dict[str,
                 duration=args.duration,
                 clients=args.clients,
                 processes=args.processes,
-                select=lambda name: bool(pattern.search(name)),
-                log=lambda text: print(text, file=sys.stderr),
-                sliding=not args.skip_sliding,
+                select=select,
+                log=log,
+                on_loaded_data=None if args.skip_sliding else lambda data: never_asked(data=data),
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

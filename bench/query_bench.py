@@ -514,9 +514,13 @@ def run(
     processes: int,
     select: Callable[[str], bool] = lambda name: True,
     log: Callable[[str], None] = print,
-    sliding: bool = True,
+    on_loaded_data: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The whole query benchmark; returns the JSON section."""
+    """The whole query benchmark; returns the JSON section.
+
+    ``on_loaded_data`` runs last, on the loaded database's description (the
+    never-asked sliding windows of bench/sliding.py); its result is ``sliding``.
+    """
     log(f"query bench: generating and ingesting {sessions} sessions")
     data = load(admin_url, app_url, workdir, sessions, seed)
     chosen = [sc for sc in scenarios(data["last_ts_us"], data["busiest_sensor"]) if select(sc.name)]
@@ -562,23 +566,7 @@ def run(
     during_ingest = _mixed_during_ingest(
         data, workdir, chosen, plan[-1], sessions, seed, duration, clients, processes
     )
-    never_asked = None
-    if sliding:
-        from bench import sliding as sliding_bench
-
-        never_asked = sliding_bench.run(
-            admin_url,
-            app_url,
-            workdir,
-            data=data,
-            sessions=sessions,
-            seed=seed,
-            duration=duration,
-            clients=clients,
-            processes=processes,
-            select=select,
-            log=log,
-        )
+    never_asked = None if on_loaded_data is None else on_loaded_data(data)
     rpc = summarise(load_result)
     rows = []
     for sc in chosen:

@@ -9,8 +9,9 @@ from conftest import Database
 from sqlalchemy import text
 
 from cowrie_stats.db.models import VALUE_KINDS
-from cowrie_stats.ingest.bulk import BulkOps, ConnectionBusyError
+from cowrie_stats.ingest.bulk import ConnectionBusyError
 from cowrie_stats.ingest.details import CommandRow, StoredFirstRow, Unflag
+from cowrie_stats.ingest.operations import bulk_operations
 from cowrie_stats.ingest.parse import COMMAND_INPUT, SESSION_CONNECT, ParsedEvent
 from cowrie_stats.ingest.plan import (
     DETAIL_TABLES,
@@ -132,7 +133,7 @@ def test_the_connection_refuses_other_work_while_the_events_are_copied(db: Datab
     """
     fresh = [CONNECT]
     with db.engine.begin() as conn:
-        bulk = BulkOps.for_connection(conn)
+        bulk = bulk_operations(conn)
         events = event_rows(fresh, {"s1": SENSOR_ID})
 
         def impure(rows: list[EventRow]) -> BatchPlan:

@@ -307,6 +307,8 @@ SESSION_COUNTERS = (
     "ssh_sessions",
     "telnet_sessions",
 )
+# How an upsert combines a stored column with the new row's value.
+Rule = Literal["add", "min", "max", "replace"]
 ROLLUP_COMBINE: dict[str, Literal["add", "min", "max"]] = {
     **dict.fromkeys(EVENT_COUNTERS + SESSION_COUNTERS, "add"),
     "first_ts_us": "min",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -41,11 +41,11 @@ from cowrie_stats.db.models import (
     SENSORS,
     SESSIONS,
     VALUE_DICTIONARY,
+    Rule,
 )
 from cowrie_stats.ingest.details import Unflag
 from cowrie_stats.ingest.merge import SESSION_COLUMNS, SESSION_STATE_COLUMNS
 from cowrie_stats.ingest.plan import DETAIL_TABLES, EVENT_COLUMNS, BatchPlan, EventRow
-from cowrie_stats.ingest.summaries import store_summaries
 
 INGEST_LOCK_KEY = 0x636F777269650001  # "cowrie" + 1: pg_advisory_xact_lock key of ingest
 IN_CHUNK = 500  # bound on parameters per IN (...) list, well under SQLite's limit
@@ -56,7 +56,6 @@ SESSION_UPDATES = [c for c in SESSION_STATE_COLUMNS if c != "id"]
 
 # How an upsert combines a stored value with the batch's: add, keep the least or
 # greatest (NULL-safe), or replace.
-Rule = Literal["add", "min", "max", "replace"]
 
 
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -81,15 +80,6 @@ class BulkOps:
         self._copy: Future[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._lent = False  # inside insert_in_background's block
-
-    @staticmethod
-    def for_connection(conn: Connection) -> BulkOps:
-        if conn.dialect.name != "postgresql":
-            return SqliteBulkOps(conn)
-        # Imported here: that module builds on this one.
-        from cowrie_stats.ingest.bulk_postgres import PostgresBulkOps
-
-        return PostgresBulkOps(conn)
 
     # -- the connection's one user at a time --------------------------------------
 
@@ -133,7 +123,10 @@ class BulkOps:
     def apply(
         self, events: list[EventRow], compute: Callable[[list[EventRow]], BatchPlan]
     ) -> BatchPlan:
-        """Store a batch: its events while ``compute`` makes its plan, then the plan's writes.
+        """Store a batch: its events while ``compute`` makes its plan, then the plan's rows.
+
+        The summaries follow (cowrie_stats.ingest.summaries.store_summaries): they
+        read what these writes stored.
 
         ``compute`` is given the events, not this object: it is pure Python
         (:func:`cowrie_stats.ingest.plan.plan_batch`), and any use of the
@@ -145,7 +138,6 @@ class BulkOps:
         for table, detail in DETAIL_TABLES.items():
             self._clear_flags(detail.table, plan.unflags[table])
             self.insert_rows(detail.table, detail.columns, plan.details[table])
-        store_summaries(self, plan.summary)
         return plan
 
     def _store_sessions(self, plan: BatchPlan) -> None:

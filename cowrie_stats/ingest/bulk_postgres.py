@@ -1,6 +1,6 @@
 """The ingest's bulk operations on PostgreSQL: COPY and binary array parameters.
 
-Chosen by :meth:`cowrie_stats.ingest.bulk.BulkOps.for_connection`.
+Chosen by :func:`cowrie_stats.ingest.operations.bulk_operations`.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pyroaring import BitMap
+from sqlalchemy import Table
 
 from cowrie_stats.db.models import (
     EVENT_COUNTERS,
@@ -30,6 +31,7 @@ from cowrie_stats.db.models import (
     ROLLUPS,
     SESSION_COUNTERS,
     VALUE_KINDS,
+    Rule,
 )
 from cowrie_stats.ingest.details import CommandRow, DownloadRow, LoginRow
 from cowrie_stats.ingest.parse import (
@@ -41,8 +43,32 @@ from cowrie_stats.ingest.parse import (
 )
 from cowrie_stats.timeline import DAY, HOUR, LEVELS, MINUTE, Level
 
-if TYPE_CHECKING:  # bulk applies what this module computes
-    from cowrie_stats.ingest.bulk import BulkOps, Rule
+
+class SummaryStore(Protocol):
+    """What storing the summaries needs of the database (the ingest's bulk operations)."""
+
+    def upsert(
+        self,
+        table: Table,
+        keys: Sequence[str],
+        rules: Mapping[str, Rule],
+        rows: Sequence[Sequence[Any]],
+    ) -> None: ...
+
+    def stored_sets(
+        self, keys: Sequence[tuple[int, int, int, int]]
+    ) -> dict[tuple[int, int, int, int], bytes]: ...
+
+    def delete_values(self, keys: Sequence[tuple[int, int, int, int, int]]) -> None: ...
+
+    def max_session_commands(self, sensor_id: int, low: int, high: int) -> int: ...
+
+    def session_ips(self, sensor_id: int, low: int, high: int) -> list[int]: ...
+
+    def source_ip_figures(
+        self, sensor_id: int, ip: int, low: int, high: int
+    ) -> tuple[int, int, int, int, int] | None: ...
+
 
 VALUE_RULES: dict[str, Rule] = {
     "uses": "add",
@@ -406,7 +432,7 @@ class SummaryChanges:
         ]
 
 
-def store_summaries(bulk: BulkOps, changes: SummaryChanges) -> None:
+def store_summaries(bulk: SummaryStore, changes: SummaryChanges) -> None:
     """Apply ``changes``; the batch's sessions must be stored already (recounts read them)."""
     bulk.upsert(ROLLUPS, PIECE_KEY, ROLLUP_RULES, changes.rollup_rows())
     _recompute_max_commands(bulk, sorted(changes.max_to_recompute))
@@ -432,7 +458,7 @@ def _piece_bounds(level_id: int, piece: int) -> tuple[int, int]:
     return level.start_of(piece), level.start_of(piece + 1)
 
 
-def _recompute_max_commands(bulk: BulkOps, keys: Sequence[PieceKey]) -> None:
+def _recompute_max_commands(bulk: SummaryStore, keys: Sequence[PieceKey]) -> None:
     rows = []
     for level_id, piece, sensor_id in keys:
         low, high = _piece_bounds(level_id, piece)
@@ -440,7 +466,7 @@ def _recompute_max_commands(bulk: BulkOps, keys: Sequence[PieceKey]) -> None:
     bulk.upsert(ROLLUPS, PIECE_KEY, {"max_session_commands": "replace"}, rows)
 
 
-def _store_sets(bulk: BulkOps, changes: SummaryChanges) -> None:
+def _store_sets(bulk: SummaryStore, changes: SummaryChanges) -> None:
     additions = changes.set_additions_by_level()
     stored = bulk.stored_sets(sorted(additions))
     rows = []

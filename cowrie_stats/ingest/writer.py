@@ -38,10 +38,11 @@ from cowrie_stats.db.models import (
     SENSORS,
 )
 from cowrie_stats.ingest.batch import DeadLetterRecord
-from cowrie_stats.ingest.bulk import BulkOps
 from cowrie_stats.ingest.details import StoredFirstRow, counted_values
+from cowrie_stats.ingest.operations import bulk_operations
 from cowrie_stats.ingest.parse import HASH_BYTES, ParsedEvent
 from cowrie_stats.ingest.plan import DETAIL_TABLES, BatchReads, event_rows, plan_batch
+from cowrie_stats.ingest.summaries import store_summaries
 from cowrie_stats.ingest.values import ValueIds
 
 
@@ -70,7 +71,7 @@ class BatchWriter:
     """
 
     def __init__(self, conn: Connection, values: ValueIds | None = None) -> None:
-        self.bulk = BulkOps.for_connection(conn)
+        self.bulk = bulk_operations(conn)
         self.values = values or ValueIds.of(conn.engine)
         self._sensor_ids: dict[str, int] = {}
         self._longest_session: dict[int, int] = {}  # sensor id -> a lower bound
@@ -113,6 +114,7 @@ class BatchWriter:
         events = event_rows(fresh, reads.sensor_ids)
         # Pure Python from the reads: it runs while PostgreSQL stores the events.
         plan = self.bulk.apply(events, functools.partial(plan_batch, fresh, reads))
+        store_summaries(self.bulk, plan.summary)
         self._longest_session.update(plan.longest_sessions)
 
     # -- reads ------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from cowrie_stats.db.models import (
     SENSORS,
     SESSIONS,
 )
-from cowrie_stats.ingest.bulk import BulkOps
+from cowrie_stats.ingest.operations import bulk_operations
 from cowrie_stats.maintenance import dead_letters
 from cowrie_stats.maintenance.rebuild import rebuild_summaries
 from cowrie_stats.timeline import DAY, Span
@@ -191,7 +191,7 @@ def prune(engine: Engine, selection: Selection) -> PruneReport:
     day: int | None = None
     while True:
         with engine.begin() as conn:
-            BulkOps.for_connection(conn).lock()  # one writer at a time, as ingest batches
+            bulk_operations(conn).lock()  # one writer at a time, as ingest batches
             day = _next_day(conn, selection, sensor_id, day)
             if day is None:
                 break
@@ -200,7 +200,7 @@ def prune(engine: Engine, selection: Selection) -> PruneReport:
         log.debug("pruned a day", extra={"day": _day_text(day), **done.to_dict()})
         day += 1
     with engine.begin() as conn:
-        BulkOps.for_connection(conn).lock()
+        bulk_operations(conn).lock()
         total.add(_finish(conn, selection, sensor_id))
     return total
 

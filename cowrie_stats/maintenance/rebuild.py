@@ -46,6 +46,7 @@ from cowrie_stats.db.models import (
 )
 from cowrie_stats.ingest import summaries as at
 from cowrie_stats.ingest.bulk import BulkOps
+from cowrie_stats.ingest.operations import bulk_operations
 from cowrie_stats.ingest.summaries import (
     PIECE_KEY,
     ROLLUP_RULES,
@@ -90,7 +91,7 @@ def rebuild_summaries(conn: Connection, span: Span, sensor_ids: SensorIds = None
         return 0
     ranges = {level.id: overlapping(span, level) for level in LEVELS}
     _delete_pieces(conn, ranges.values(), sensor_ids)
-    bulk = BulkOps.for_connection(conn)
+    bulk = bulk_operations(conn)
     days = 0
     for day in _days_with_events(conn, ranges[DAY.id], sensor_ids):
         _rebuild_day(conn, bulk, day, ranges, sensor_ids)
