@@ -417,6 +417,9 @@ def test_state_changes_are_logged_once_each_with_reason_and_lag(
     time.sleep(1.0)  # several more checks, all lagging
     cluster.resume_replay()
     eventually(lambda: router.replicas[0].healthy, timeout=15)
+    # The checking thread logs the change just after it records it.
+    eventually(lambda: len(routing_messages(caplog, "replica ")) >= 2, timeout=5)
+    time.sleep(0.5)  # and nothing more follows
     lines = routing_messages(caplog, "replica ")
     assert len(lines) == 2, lines
     assert "is lagging: lag " in lines[0] and "> limit 0.5 s" in lines[0]
