@@ -135,6 +135,9 @@ class ServeProcess:
     reader: threading.Thread | None = None
 
     def stop(self) -> list[str]:
+        # A refused call's status reaches the client before its handler has queued
+        # the access line; a SIGTERM at once can close the access log first.
+        time.sleep(0.5)
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
         if self.reader is not None:  # the last lines may still be in the pipe
